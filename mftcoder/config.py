@@ -1,0 +1,317 @@
+"""The train_config schema: one pydantic model that validates everything before anything heavy loads.
+
+The original MFTCoder keys keep their meaning (see shared/REFERENCE_MFTCODER.md section 5); new keys have guessable names.
+Legacy keys that MFTCoder accepted but ignored are still accepted (and ignored) so old configs load.
+"""
+from __future__ import annotations
+
+import difflib
+import importlib.util
+import json
+import os
+import types
+import typing
+from typing import Any, Literal, Optional, Union
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+
+class ConfigError(ValueError):
+    """A train_config problem, with the key and what would be valid."""
+
+
+class TaskSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    path: str = Field(description="A folder searched recursively for *.jsonl, or one .jsonl file.")
+    name: Optional[str] = Field(None, description="Task name; defaults to the folder or file name (made unique).")
+    weight: Optional[float] = Field(None, gt=0, description="Loss weight of this task (case3/case4).")
+
+
+def _parse_bracket_list(value: str) -> list[str]:
+    # MFTCoder's "[p1,p2]" string form.
+    inner = value.strip()
+    if inner.startswith("[") and inner.endswith("]"):
+        inner = inner[1:-1]
+    return [p.strip().strip("'\"") for p in inner.split(",") if p.strip()]
+
+
+LEGACY_IGNORED_KEYS = {
+    "load_raw_dataset", "data_weights", "tokenizer_type", "shuffle_before_split", "use_random_sampler",
+    "low_cpu_mem_usage", "use_xformers", "weight_by_num_documents", "make_vocab_size_divisible_by",
+    "model_parallel_size", "use_slow_tokenizer", "world_size", "distributed_type", "log_interval_legacy",
+}
+
+
+class TrainConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=())
+
+    # --- data -------------------------------------------------------------------------------------------------------
+    data_paths: list[TaskSpec] = Field(
+        description='Tasks: MFTCoder\'s "[p1,p2]" string, a list of paths, or a list of {"name","path","weight"}.')
+    data_split: str = Field("98,2,0", description='Train,valid,test percentages per task ("98,2,0"); split by content hash.')
+    padding_mode: Literal["padding", "pack"] = Field(
+        "padding", description="padding: one sample a row, dynamic padding; pack: bin-pack samples of one task per row.")
+    tokenize_mode: Literal["sft", "pretrain"] = Field(
+        "sft", description="sft: loss on assistant turns only; pretrain: loss on every token.")
+    template: Literal["mftcoder", "chatml", "tokenizer"] = Field(
+        "mftcoder", description="Chat template: MFTCoder role tags, ChatML, or the tokenizer's own chat_template.")
+    role_markers: Optional[dict[str, str]] = Field(
+        None, description='Override the mftcoder role tags: {"system": .., "user": .., "assistant": ..}.')
+    seq_length: int = Field(4096, gt=8, description="Maximum tokens per row (sample or pack).")
+    overlong_policy: Literal["truncate", "drop"] = Field(
+        "truncate", description="What to do with samples longer than seq_length (counted either way).")
+    on_bad_line: Literal["error", "skip"] = Field(
+        "error", description="error: stop at the first invalid line (file:line); skip: skip and count it as rejected.")
+    cache_dir: Optional[str] = Field(None, description="Token cache folder; default <output_dir>/cache.")
+    preprocessing_num_workers: Optional[int] = Field(
+        None, ge=1, description="Processes that tokenise in parallel; default all cores.")
+    task_sampling: Literal["proportional", "uniform", "temperature", "explicit"] = Field(
+        "proportional", description="How often each task is drawn: by size, equally, size^(1/T), or task_sampling_weights.")
+    sampling_temperature: float = Field(2.0, gt=0, description="T for task_sampling=temperature.")
+    task_sampling_weights: Optional[Union[list[float], dict[str, float]]] = Field(
+        None, description="Draw weights per task for task_sampling=explicit (list in task order or {task: weight}).")
+    group_by_task: bool = Field(False, description="Each micro-batch holds one task (less padding, similar lengths).")
+
+    # --- model -------------------------------------------------------------------------------------------------------
+    pretrained_model_path: str = Field(description="Local directory of the base HF causal LM.")
+    model_type: Optional[str] = Field(None, description="Optional; the model's config decides (AutoModelForCausalLM).")
+    trust_remote_code: bool = Field(False, description="Allow custom modelling code from the model directory.")
+    attn_implementation: Optional[Literal["flash_attention_2", "sdpa", "eager"]] = Field(
+        None, description="Default: flash_attention_2 on CUDA when installed, else sdpa.")
+    peft_type: Optional[Literal["lora", "qlora"]] = Field(
+        None, description="null: full fine-tuning; lora; qlora (4-bit or 8-bit base via bitsandbytes).")
+    quantization: Optional[Literal["4bit", "8bit"]] = Field(
+        None, description="Base model quantization for qlora (default 4bit nf4 with double quant).")
+    lora_rank: int = Field(96, gt=0, description="LoRA rank r.")
+    lora_alpha: float = Field(32, gt=0, description="LoRA alpha.")
+    lora_dropout: float = Field(0.05, ge=0, lt=1, description="LoRA dropout.")
+    target_modules: Optional[Union[list[str], str]] = Field(
+        None, description='LoRA target modules; default "all-linear".')
+    modules_to_save: Optional[list[str]] = Field(None, description="Extra modules trained fully and saved with the adapter.")
+    gradient_checkpointing: bool = Field(False, description="Recompute activations in backward to save memory.")
+
+    # --- loss --------------------------------------------------------------------------------------------------------
+    weighted_loss_mode: Literal["case1", "case2", "case3", "case4", "coba"] = Field(
+        "case3", description="case1 token mean, case2 sample mean, case3/case4 task-balanced, coba self-paced.")
+    task_weights: Optional[Union[list[float], dict[str, float], str]] = Field(
+        None, description='Loss weight per task for case3/case4: "[w1,w2]", a list, or {task: weight}. Default equal.')
+    chunked_ce: bool = Field(True, description="Cross entropy in chunks so full [batch, seq, vocab] logits never exist.")
+    ce_chunk_size: int = Field(1024, gt=0, description="Token positions per cross-entropy chunk.")
+    coba_warmup_steps: int = Field(100, ge=0, description="CoBa: uniform weights before this step.")
+    coba_history_length: int = Field(200, gt=1, description="CoBa: validation points in the slope window.")
+    coba_tau: float = Field(5, gt=0, description="CoBa: temperature of the divergence factor.")
+    coba_update_interval: int = Field(1, ge=1, description="CoBa: validation probe every N optimizer steps.")
+    coba_sample_valid_num: int = Field(1, ge=1, description="CoBa: validation micro-batches per probe.")
+
+    # --- optimisation ------------------------------------------------------------------------------------------------
+    per_device_train_batch_size: int = Field(8, gt=0, description="Rows per micro-batch per process.")
+    per_device_eval_batch_size: int = Field(8, gt=0, description="Rows per evaluation batch per process.")
+    gradient_accumulation_steps: int = Field(1, gt=0, description="Micro-batches per optimizer step (the only source).")
+    learning_rate: float = Field(5e-5, gt=0, description="Peak learning rate.")
+    min_lr: float = Field(5e-6, ge=0, description="Learning-rate floor at the end of the schedule.")
+    weight_decay: float = Field(0.01, ge=0, description="AdamW weight decay (not applied to biases and norms).")
+    optimizer: Literal["adamw", "adamw_8bit"] = Field("adamw", description="AdamW, or bitsandbytes 8-bit AdamW.")
+    adam_beta1: float = Field(0.9, gt=0, lt=1, description="AdamW beta1.")
+    adam_beta2: float = Field(0.999, gt=0, lt=1, description="AdamW beta2.")
+    max_grad_norm: Optional[float] = Field(1.0, description="Gradient clipping norm on every backend; null disables.")
+    lr_scheduler_type: str = Field("cosine", description="Any transformers scheduler name (cosine, linear, constant, ...).")
+    num_warmup_steps: Union[int, float] = Field(0.05, ge=0, description="Warmup: steps (int) or a fraction (< 1).")
+    num_train_epochs: int = Field(4, gt=0, description="Epochs over the (balanced) task mixture.")
+    max_train_steps: Optional[int] = Field(None, gt=0, description="Stop after this many optimizer steps.")
+    seed: int = Field(1234, description="Seed for sampling, split-independent shuffles and init.")
+
+    # --- run ---------------------------------------------------------------------------------------------------------
+    output_dir: str = Field(description="Where checkpoints, metrics.jsonl, data_stats.json and the final model go.")
+    tb_dir: Optional[str] = Field(None, description="TensorBoard folder; default <output_dir>/tensorboard.")
+    log_interval: int = Field(1, gt=0, description="Optimizer steps between progress-bar/log updates.")
+    checkpointing_steps: Optional[int] = Field(100, gt=0, description="Save checkpoint-<step> every N steps.")
+    epoch_checkpointing: bool = Field(False, description="Also save a checkpoint at the end of each epoch.")
+    saving_limit: Optional[int] = Field(None, gt=0, description="Keep only the N newest checkpoints.")
+    evaluation_steps: Optional[int] = Field(100, gt=0, description="Per-task validation every N steps.")
+    early_stopping: bool = Field(True, description="Stop when the mean validation loss stops improving.")
+    early_stopping_stall_num: int = Field(5, gt=0, description="Evaluations without a new best before stopping.")
+    resume_from_checkpoint: Optional[str] = Field(None, description='A checkpoint folder or "latest".')
+    auto_resume: bool = Field(False, description="Resume from the newest checkpoint in output_dir if there is one.")
+    init_timeout_seconds: int = Field(3600, gt=0, description="Process-group timeout.")
+    use_dynamic_padding: bool = Field(True, description="Pad each batch to its longest row (false: to seq_length).")
+
+    # --- parsing of MFTCoder's string forms ----------------------------------------------------------------------------
+    @field_validator("data_paths", mode="before")
+    @classmethod
+    def _data_paths(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = _parse_bracket_list(value)
+        if isinstance(value, list):
+            value = [{"path": v} if isinstance(v, str) else v for v in value]
+            if not value:
+                raise ValueError("data_paths is empty; give at least one task folder or .jsonl file")
+        return value
+
+    @field_validator("task_weights", mode="before")
+    @classmethod
+    def _task_weights(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            try:
+                return [float(x) for x in _parse_bracket_list(value)]
+            except ValueError:
+                raise ValueError(f'task_weights {value!r} is not a list of numbers like "[1,2,1]"') from None
+        return value
+
+    @field_validator("data_split")
+    @classmethod
+    def _data_split(cls, value: str) -> str:
+        parts = value.replace("/", ",").split(",")
+        try:
+            nums = [float(p) for p in parts]
+        except ValueError:
+            raise ValueError(f'data_split {value!r} must be numbers like "98,2,0"') from None
+        if len(nums) not in (2, 3) or any(n < 0 for n in nums) or sum(nums) <= 0:
+            raise ValueError(f'data_split {value!r} must be 2 or 3 non-negative numbers like "98,2,0"')
+        return value
+
+    @field_validator("role_markers")
+    @classmethod
+    def _role_markers(cls, value):
+        if value is not None:
+            bad = set(value) - {"system", "user", "assistant"}
+            if bad:
+                raise ValueError(f"role_markers has unknown roles {sorted(bad)}; valid: system, user, assistant")
+        return value
+
+    @model_validator(mode="after")
+    def _combinations(self) -> "TrainConfig":
+        if self.peft_type == "qlora" and self.quantization is None:
+            object.__setattr__(self, "quantization", "4bit")
+        if self.quantization is not None and self.peft_type != "qlora":
+            raise ValueError(f"quantization={self.quantization!r} needs peft_type='qlora' (a quantized base can only "
+                             "be trained through adapters); set peft_type to 'qlora' or quantization to null")
+        if self.task_sampling == "explicit" and self.task_sampling_weights is None:
+            raise ValueError("task_sampling='explicit' needs task_sampling_weights (a list or {task: weight})")
+        if self.weighted_loss_mode == "coba" and self.split_fractions[1] == 0:
+            raise ValueError("weighted_loss_mode='coba' needs validation data: data_split has 0 for valid")
+        if self.weighted_loss_mode == "coba" and self.task_weights is not None:
+            raise ValueError("task_weights cannot be combined with weighted_loss_mode='coba' (CoBa sets the weights)")
+        if self.min_lr > self.learning_rate:
+            raise ValueError(f"min_lr ({self.min_lr}) is larger than learning_rate ({self.learning_rate})")
+        if isinstance(self.num_warmup_steps, float) and self.num_warmup_steps >= 1:
+            raise ValueError("num_warmup_steps as a float is a fraction and must be < 1; use an int for steps")
+        if self.template != "mftcoder" and self.role_markers is not None:
+            raise ValueError(f"role_markers only apply to template='mftcoder' (template is {self.template!r})")
+        return self
+
+    # --- derived values ----------------------------------------------------------------------------------------------
+    @property
+    def split_fractions(self) -> tuple[float, float, float]:
+        nums = [float(p) for p in self.data_split.replace("/", ",").split(",")]
+        nums += [0.0] * (3 - len(nums))
+        total = sum(nums)
+        return nums[0] / total, nums[1] / total, nums[2] / total
+
+    @property
+    def resolved_tb_dir(self) -> str:
+        return self.tb_dir or os.path.join(self.output_dir, "tensorboard")
+
+    @property
+    def resolved_cache_dir(self) -> str:
+        return self.cache_dir or os.path.join(self.output_dir, "cache")
+
+
+def _nearest(key: str, valid: list[str]) -> str:
+    match = difflib.get_close_matches(key, valid, n=1, cutoff=0.5)
+    return f"; did you mean {match[0]!r}?" if match else ""
+
+
+def _fields_at(loc: tuple) -> dict:
+    # keys inside a data_paths entry ("data_paths.0.pth") belong to TaskSpec, not to the top level
+    return TaskSpec.model_fields if len(loc) > 1 and loc[0] == "data_paths" else TrainConfig.model_fields
+
+
+def _format_errors(err: ValidationError, source: str) -> str:
+    lines = []
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"])
+        fields = _fields_at(e["loc"])
+        key = str(e["loc"][-1]) if e["loc"] else ""
+        if e["type"] == "extra_forbidden":
+            lines.append(f"unknown key {loc!r}{_nearest(key, list(fields))}")
+        elif e["type"] == "missing":
+            desc = f" ({fields[key].description})" if key in fields else ""
+            lines.append(f"missing required key {loc!r}{desc}")
+        else:
+            msg = e["msg"].removeprefix("Value error, ")
+            got = "" if e["type"].startswith("value_error") else f" (got {e.get('input')!r})"
+            # a cross-key rule (model validator) has no location; its message names the keys itself
+            lines.append(f"{loc}: {msg}{got}" if loc else f"{msg}{got}")
+    return f"invalid train_config {source}:\n  - " + "\n  - ".join(lines)
+
+
+def read_config_file(path: str) -> dict:
+    if not os.path.isfile(path):
+        raise ConfigError(f"train_config file not found: {path}")
+    with open(path, encoding="utf-8") as f:
+        text = f.read()
+    if path.endswith((".yaml", ".yml")):
+        import yaml
+        data = yaml.safe_load(text)
+    else:
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"{path}:{e.lineno}: invalid JSON: {e.msg}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the train_config must be a JSON/YAML object of keys")
+    return data
+
+
+def parse_config(data: dict, source: str = "(dict)", overrides: Optional[dict] = None) -> TrainConfig:
+    data = {k: v for k, v in data.items() if k not in LEGACY_IGNORED_KEYS}
+    data.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    try:
+        return TrainConfig(**data)
+    except ValidationError as err:
+        raise ConfigError(_format_errors(err, source)) from None
+
+
+def load_config(path: str, overrides: Optional[dict] = None) -> TrainConfig:
+    return parse_config(read_config_file(path), source=path, overrides=overrides)
+
+
+def check_environment(cfg: TrainConfig) -> None:
+    """Checks that need the file system or installed packages, still before any model loads."""
+    if not os.path.isdir(cfg.pretrained_model_path):
+        raise ConfigError(f"pretrained_model_path: {cfg.pretrained_model_path!r} is not a directory (a local HF model "
+                          "folder with config.json is needed; nothing is downloaded)")
+    if not os.path.isfile(os.path.join(cfg.pretrained_model_path, "config.json")):
+        raise ConfigError(f"pretrained_model_path: no config.json in {cfg.pretrained_model_path!r}")
+    needs_bnb = cfg.peft_type == "qlora" or cfg.optimizer == "adamw_8bit"
+    if needs_bnb and importlib.util.find_spec("bitsandbytes") is None:
+        key = "peft_type='qlora'" if cfg.peft_type == "qlora" else "optimizer='adamw_8bit'"
+        raise ConfigError(f"{key} needs bitsandbytes: pip install bitsandbytes (or `pip install 'mftcoder[quant]'`)")
+    if cfg.attn_implementation == "flash_attention_2" and importlib.util.find_spec("flash_attn") is None:
+        raise ConfigError("attn_implementation='flash_attention_2' but flash-attn is not installed; "
+                          "leave it null to use sdpa, or install the 'gpu' extra on a CUDA machine")
+
+
+def _type_text(ann: Any) -> str:
+    """A readable type: '"padding" | "pack"', 'int | null', 'list[{path, name, weight}]'."""
+    origin, args = typing.get_origin(ann), typing.get_args(ann)
+    if origin is Literal:
+        return " | ".join(json.dumps(a) for a in args)
+    if origin in (Union, types.UnionType):
+        return " | ".join(_type_text(a) for a in args)
+    if ann is type(None):
+        return "null"
+    if origin is not None:
+        return f"{getattr(origin, '__name__', str(origin))}[{', '.join(_type_text(a) for a in args)}]"
+    if isinstance(ann, type) and issubclass(ann, BaseModel):
+        return "{" + ", ".join(ann.model_fields) + "}"
+    return getattr(ann, "__name__", str(ann))
+
+
+def schema_text() -> str:
+    """A human-readable list of every key, its type, default and one-line description."""
+    rows = []
+    for name, field in TrainConfig.model_fields.items():
+        default = "required" if field.is_required() else json.dumps(field.default)
+        rows.append(f"{name}  [{_type_text(field.annotation)}]  default: {default}\n    {field.description}")
+    return "\n".join(rows)

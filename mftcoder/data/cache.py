@@ -1,0 +1,325 @@
+"""Tokenise every task once, in parallel, into a memory-mapped cache keyed by a fingerprint of everything that matters.
+
+Layout of one cache entry, `<cache_dir>/<fingerprint>/`:
+  ids.npy    int32, all samples' token ids back to back (memory-mapped on load)
+  mask.npy   uint8, their loss masks
+  index.npy  int64 [N, 4]: task_id, split (0 train, 1 valid, 2 test), offset, length
+  meta.json  tasks, statistics and the fingerprint inputs
+An entry is written under a temporary name and renamed when complete, so a crash never leaves a half cache.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import multiprocessing as mp
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from typing import Iterator, Optional
+
+import numpy as np
+
+from mftcoder.config import TrainConfig
+from mftcoder.data.formats import DataFormatError, iter_jsonl, parse_line
+from mftcoder.data.tasks import Task, resolve_tasks, split_of
+from mftcoder.data.template import get_template
+
+log = logging.getLogger(__name__)
+
+CACHE_FORMAT_VERSION = 1
+SPLITS = ("train", "valid", "test")
+STAT_KEYS = ("lines", "blank", "train_samples", "valid_samples", "test_samples", "overlong", "truncated",
+             "dropped", "rejected", "tokens", "loss_tokens")
+
+
+class PreprocessError(ValueError):
+    pass
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# fingerprint
+
+
+def tokenizer_fingerprint(tokenizer) -> str:
+    h = hashlib.sha256()
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    h.update((backend.to_str() if backend is not None else repr(tokenizer.get_vocab())).encode())
+    # the chat_template is not part of it: the template in use is fingerprinted on its own (data_fingerprint)
+    h.update(json.dumps({"eos": tokenizer.eos_token, "pad": tokenizer.pad_token, "bos": tokenizer.bos_token},
+                        sort_keys=True, default=str).encode())
+    return h.hexdigest()
+
+
+def data_fingerprint(cfg: TrainConfig, tasks: list[Task], tokenizer) -> tuple[str, dict]:
+    files = []
+    for t in tasks:
+        for f in t.files:
+            st = os.stat(f)
+            files.append([t.name, os.path.abspath(f), st.st_size, st.st_mtime_ns])
+    inputs = {
+        "version": CACHE_FORMAT_VERSION,
+        "files": files,
+        "tokenizer": tokenizer_fingerprint(tokenizer),
+        "template": cfg.template,
+        "template_jinja": get_template(cfg.template, tokenizer, cfg.role_markers).jinja,
+        "seq_length": cfg.seq_length,
+        "tokenize_mode": cfg.tokenize_mode,
+        "overlong_policy": cfg.overlong_policy,
+        "on_bad_line": cfg.on_bad_line,
+        "data_split": cfg.split_fractions,
+    }
+    digest = hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()[:20]
+    return digest, inputs
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# tokenising workers
+
+
+@dataclass
+class _Job:
+    task_id: int
+    path: str
+    lines: list[tuple[int, str]]
+
+
+_WORKER: dict = {}
+
+
+def _init_worker(tokenizer, template_name, role_markers, settings) -> None:
+    _WORKER["template"] = get_template(template_name, tokenizer, role_markers)
+    _WORKER["settings"] = settings
+
+
+def _encode_job(job: _Job) -> list[tuple]:
+    """-> per line: (lineno, status, payload). status: ok | blank | rejected; payload (ids, mask, split, overlong) or error."""
+    template = _WORKER["template"]
+    s = _WORKER["settings"]
+    max_len = s["seq_length"] + 1  # a sample of n tokens gives n-1 (input, target) positions
+    out = []
+    for lineno, raw in job.lines:
+        where = f"{job.path}:{lineno}"
+        if not raw.strip():
+            out.append((lineno, "blank", None))
+            continue
+        try:
+            conv = parse_line(raw, where, require_assistant_last=s["tokenize_mode"] == "sft")
+            enc = template.encode(conv)
+        except DataFormatError as e:
+            out.append((lineno, "rejected", str(e)))
+            continue
+        ids = np.asarray(enc.input_ids, dtype=np.int32)
+        mask = np.asarray(enc.loss_mask, dtype=np.uint8)
+        if s["tokenize_mode"] == "pretrain":
+            mask = np.ones_like(mask)
+        overlong = len(ids) > max_len
+        if overlong:
+            if s["overlong_policy"] == "drop":
+                out.append((lineno, "dropped", (f"{where}: {len(ids)} tokens > seq_length+1 = {max_len}", True)))
+                continue
+            ids, mask = ids[:max_len], mask[:max_len]
+        if mask[1:].sum() == 0:
+            # nothing left to learn from (e.g. the prompt alone fills seq_length): counted as dropped, never silent
+            out.append((lineno, "dropped", (f"{where}: no trained token within seq_length+1 = {max_len}", overlong)))
+            continue
+        out.append((lineno, "ok", (ids, mask, split_of(raw, s["fractions"]), overlong)))
+    return out
+
+
+def _jobs(tasks: list[Task], chunk_lines: int = 256) -> Iterator[_Job]:
+    for task in tasks:
+        for path in task.files:
+            buf: list[tuple[int, str]] = []
+            for lineno, raw in iter_jsonl(path):
+                buf.append((lineno, raw))
+                if len(buf) >= chunk_lines:
+                    yield _Job(task.task_id, path, buf)
+                    buf = []
+            if buf:
+                yield _Job(task.task_id, path, buf)
+
+
+def _count_lines(tasks: list[Task]) -> int:
+    total = 0
+    for t in tasks:
+        for f in t.files:
+            with open(f, "rb") as fh:
+                total += sum(1 for _ in fh)
+    return total
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# the cache
+
+
+class SampleStore:
+    """The tokenised samples of one task and split: views into the memory-mapped arrays."""
+
+    def __init__(self, ids: np.ndarray, mask: np.ndarray, offsets: np.ndarray, lengths: np.ndarray):
+        self._ids, self._mask, self._offsets, self.lengths = ids, mask, offsets, lengths
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    def __getitem__(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        o, n = int(self._offsets[i]), int(self.lengths[i])
+        return self._ids[o:o + n], self._mask[o:o + n]
+
+
+@dataclass
+class TaskData:
+    task: Task
+    train: SampleStore
+    valid: SampleStore
+
+
+@dataclass
+class TokenizedData:
+    tasks: list[TaskData]
+    stats: dict
+    cache_path: str
+    from_cache: bool
+
+    @property
+    def task_names(self) -> list[str]:
+        return [t.task.name for t in self.tasks]
+
+
+def _build(cfg: TrainConfig, tasks: list[Task], tokenizer, out_dir: str, num_workers: int, progress: bool) -> dict:
+    from tqdm import tqdm
+
+    stats = {t.name: {"files": list(t.files), **{k: 0 for k in STAT_KEYS}} for t in tasks}
+    ids_parts, mask_parts, index_rows, offset = [], [], [], 0
+    rejected_examples: dict[str, list[str]] = {t.name: [] for t in tasks}
+    settings = {"seq_length": cfg.seq_length, "tokenize_mode": cfg.tokenize_mode,
+                "overlong_policy": cfg.overlong_policy, "fractions": cfg.split_fractions}
+    init_args = (tokenizer, cfg.template, cfg.role_markers, settings)
+    bar = tqdm(total=_count_lines(tasks), desc="tokenising", unit="line", disable=not progress, dynamic_ncols=True)
+    if num_workers > 1:
+        pool = mp.get_context("fork").Pool(num_workers, initializer=_init_worker, initargs=init_args)
+        results = pool.imap(_encode_job, _jobs(tasks), chunksize=1)
+    else:
+        pool = None
+        _init_worker(*init_args)
+        results = map(_encode_job, _jobs(tasks))
+    try:
+        for job, res in zip(_jobs(tasks), results):
+            st = stats[tasks[job.task_id].name]
+            for lineno, status, payload in res:
+                st["lines"] += 1
+                if status == "blank":
+                    st["blank"] += 1
+                elif status == "rejected":
+                    if cfg.on_bad_line == "error":
+                        raise PreprocessError(f"{payload}\n(set \"on_bad_line\": \"skip\" to skip and count bad lines)")
+                    st["rejected"] += 1
+                    if len(rejected_examples[tasks[job.task_id].name]) < 5:
+                        rejected_examples[tasks[job.task_id].name].append(payload)
+                elif status == "dropped":
+                    st["overlong"] += int(payload[1])
+                    st["dropped"] += 1
+                else:
+                    ids, mask, split, overlong = payload
+                    st["overlong"] += int(overlong)
+                    st["truncated"] += int(overlong)
+                    st[f"{split}_samples"] += 1
+                    st["tokens"] += len(ids)
+                    st["loss_tokens"] += int(mask[1:].sum())
+                    ids_parts.append(ids)
+                    mask_parts.append(mask)
+                    index_rows.append((job.task_id, SPLITS.index(split), offset, len(ids)))
+                    offset += len(ids)
+            bar.update(len(res))
+    finally:
+        bar.close()
+        if pool is not None:
+            pool.terminate()
+    np.save(os.path.join(out_dir, "ids.npy"), np.concatenate(ids_parts) if ids_parts else np.zeros(0, np.int32))
+    np.save(os.path.join(out_dir, "mask.npy"), np.concatenate(mask_parts) if mask_parts else np.zeros(0, np.uint8))
+    np.save(os.path.join(out_dir, "index.npy"), np.asarray(index_rows, dtype=np.int64).reshape(-1, 4))
+    return {"tasks": stats, "rejected_examples": {k: v for k, v in rejected_examples.items() if v}}
+
+
+def _load(path: str, tasks: list[Task]) -> list[TaskData]:
+    ids = np.load(os.path.join(path, "ids.npy"), mmap_mode="r")
+    mask = np.load(os.path.join(path, "mask.npy"), mmap_mode="r")
+    index = np.load(os.path.join(path, "index.npy"))
+    out = []
+    for t in tasks:
+        stores = []
+        for split in (0, 1):
+            rows = index[(index[:, 0] == t.task_id) & (index[:, 1] == split)]
+            stores.append(SampleStore(ids, mask, rows[:, 2].copy(), rows[:, 3].copy()))
+        out.append(TaskData(t, stores[0], stores[1]))
+    return out
+
+
+def load_or_build(cfg: TrainConfig, tokenizer, *, num_workers: Optional[int] = None, progress: bool = True,
+                  tasks: Optional[list[Task]] = None) -> TokenizedData:
+    """Reuse the cache entry for these inputs if it exists, else tokenise everything and write it."""
+    tasks = tasks or resolve_tasks(cfg)
+    fingerprint, inputs = data_fingerprint(cfg, tasks, tokenizer)
+    root = cfg.resolved_cache_dir
+    path = os.path.join(root, fingerprint)
+    meta_path = os.path.join(path, "meta.json")
+    if os.path.isfile(meta_path):
+        with open(meta_path) as f:
+            meta = json.load(f)
+        return TokenizedData(_load(path, tasks), meta["stats"], path, from_cache=True)
+    os.makedirs(root, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=f".{fingerprint}.tmp-", dir=root)
+    try:
+        workers = num_workers or cfg.preprocessing_num_workers or os.cpu_count() or 1
+        stats = _build(cfg, tasks, tokenizer, tmp, workers, progress)
+        with open(os.path.join(tmp, "meta.json"), "w") as f:
+            json.dump({"fingerprint": fingerprint, "inputs": inputs, "stats": stats}, f, indent=1)
+        try:
+            os.rename(tmp, path)
+        except OSError:  # another process finished the same entry first: theirs is identical
+            shutil.rmtree(tmp, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    data = TokenizedData(_load(path, tasks), stats, path, from_cache=False)
+    warn_small_tasks(cfg, data)
+    return data
+
+
+def warn_small_tasks(cfg: TrainConfig, data: TokenizedData) -> list[str]:
+    warnings = []
+    if cfg.split_fractions[1] > 0:
+        for t in data.tasks:
+            if len(t.valid) == 0:
+                msg = (f"task {t.task.name!r} has no validation sample ({len(t.train)} train samples at data_split "
+                       f"{cfg.data_split!r}); its validation loss is not measured")
+                log.warning(msg)
+                warnings.append(msg)
+    for t in data.tasks:
+        if len(t.train) == 0:
+            msg = f"task {t.task.name!r} has no training sample after preprocessing"
+            log.warning(msg)
+            warnings.append(msg)
+    return warnings
+
+
+def stats_table(stats: dict) -> str:
+    cols = ["task", "lines", "train", "valid", "test", "truncated", "dropped", "rejected", "blank", "tokens", "loss_tokens"]
+    keys = [None, "lines", "train_samples", "valid_samples", "test_samples", "truncated", "dropped", "rejected", "blank",
+            "tokens", "loss_tokens"]
+    rows = [[name] + [str(s[k]) for k in keys[1:]] for name, s in stats["tasks"].items()]
+    totals = ["TOTAL"] + [str(sum(s[k] for s in stats["tasks"].values())) for k in keys[1:]]
+    table = [cols] + rows + [totals]
+    widths = [max(len(r[i]) for r in table) for i in range(len(cols))]
+    fmt = lambda r: "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))  # noqa: E731
+    lines = [fmt(cols), "-" * (sum(widths) + 2 * (len(cols) - 1))] + [fmt(r) for r in rows] + [fmt(totals)]
+    return "\n".join(lines)
+
+
+def write_stats(output_dir: str, stats: dict) -> str:
+    os.makedirs(output_dir, exist_ok=True)
+    path = os.path.join(output_dir, "data_stats.json")
+    with open(path, "w") as f:
+        json.dump(stats, f, indent=1)
+    return path

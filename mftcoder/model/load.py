@@ -1,0 +1,92 @@
+"""Load the base causal LM with the right attention backend, dtype, quantisation, LoRA and checkpointing."""
+from __future__ import annotations
+
+import logging
+
+import torch
+
+from mftcoder.config import TrainConfig
+
+log = logging.getLogger(__name__)
+
+
+def pick_attn_implementation(requested: str | None) -> str:
+    """flash_attention_2 on CUDA when installed, else sdpa: decided here once and said once in the log."""
+    if requested:
+        return requested
+    from transformers.utils import is_flash_attn_2_available
+
+    if torch.cuda.is_available() and is_flash_attn_2_available():
+        return "flash_attention_2"
+    return "sdpa"
+
+
+def compute_dtype(mixed_precision: str) -> torch.dtype:
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(mixed_precision, torch.float32)
+
+
+def quantization_config(cfg: TrainConfig, dtype: torch.dtype):
+    from transformers import BitsAndBytesConfig
+
+    if cfg.quantization == "8bit":
+        return BitsAndBytesConfig(load_in_8bit=True)
+    # storage dtype = compute dtype lets ZeRO-3 / FSDP shard the packed 4-bit weights like any other tensor
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                              bnb_4bit_compute_dtype=dtype, bnb_4bit_quant_storage=dtype)
+
+
+def load_model(cfg: TrainConfig, *, mixed_precision: str = "no", device: torch.device | None = None,
+               sharded: bool = False):
+    """Returns the (possibly PEFT-wrapped) model, ready for accelerator.prepare.
+
+    Full fine-tuning keeps fp32 master weights (autocast handles bf16); LoRA/QLoRA bases are loaded in the compute
+    dtype since they are frozen.
+    """
+    from transformers import AutoModelForCausalLM
+
+    attn = pick_attn_implementation(cfg.attn_implementation)
+    dtype = compute_dtype(mixed_precision) if cfg.peft_type else torch.float32
+    kwargs = dict(dtype=dtype, attn_implementation=attn, trust_remote_code=cfg.trust_remote_code)
+    if cfg.peft_type == "qlora":
+        kwargs["quantization_config"] = quantization_config(cfg, compute_dtype(mixed_precision))
+        if not sharded:
+            kwargs["device_map"] = {"": str(device or ("cuda" if torch.cuda.is_available() else "cpu"))}
+    log.info("loading %s (attention: %s, dtype: %s, peft: %s)", cfg.pretrained_model_path, attn, dtype, cfg.peft_type)
+    model = AutoModelForCausalLM.from_pretrained(cfg.pretrained_model_path, **kwargs)
+    model.config.use_cache = False
+
+    if cfg.peft_type == "qlora":
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.gradient_checkpointing,
+                                                gradient_checkpointing_kwargs={"use_reentrant": False})
+    elif cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if cfg.peft_type:
+            model.enable_input_require_grads()  # frozen embeddings: checkpointed blocks still need a grad path
+
+    if cfg.peft_type:
+        from peft import LoraConfig, get_peft_model
+
+        lora = LoraConfig(task_type="CAUSAL_LM", r=cfg.lora_rank, lora_alpha=cfg.lora_alpha,
+                          lora_dropout=cfg.lora_dropout, target_modules=cfg.target_modules or "all-linear",
+                          modules_to_save=cfg.modules_to_save)
+        model = get_peft_model(model, lora)
+        if dtype != torch.float32:
+            # trainable adapter weights stay fp32 so Adam updates are not lost to bf16 rounding
+            for p in model.parameters():
+                if p.requires_grad:
+                    p.data = p.data.float()
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    log.info("trainable parameters: %s of %s (%.2f%%)", f"{trainable:,}", f"{total:,}", 100 * trainable / max(total, 1))
+    return model, attn
+
+
+def decoder_layer_class_names(model) -> list[str]:
+    """The repeated transformer block class of any HF model (for FSDP auto-wrap), found at run time."""
+    names = getattr(model, "_no_split_modules", None) or []
+    base = getattr(model, "base_model", None)
+    if not names and base is not None:
+        names = getattr(getattr(base, "model", base), "_no_split_modules", None) or []
+    return list(names)

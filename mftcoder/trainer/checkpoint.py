@@ -1,0 +1,70 @@
+"""Checkpoints: written under a temporary name and renamed when complete, so a kill at any moment leaves either the
+previous complete checkpoint or the new one, never a half one. Resume restores everything needed for an identical run."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from typing import Optional
+
+import torch
+
+CKPT_RE = re.compile(r"^checkpoint-(\d+)$")
+STATE_FILE = "trainer_state.json"
+
+
+def list_checkpoints(output_dir: str) -> list[tuple[int, str]]:
+    if not os.path.isdir(output_dir):
+        return []
+    found = []
+    for name in os.listdir(output_dir):
+        m = CKPT_RE.match(name)
+        path = os.path.join(output_dir, name)
+        if m and os.path.isfile(os.path.join(path, STATE_FILE)):
+            found.append((int(m.group(1)), path))
+    return sorted(found)
+
+
+def resolve_resume(resume: Optional[str], output_dir: str, auto_resume: bool) -> Optional[str]:
+    if resume == "latest" or (resume is None and auto_resume):
+        found = list_checkpoints(output_dir)
+        # nothing yet is a fresh start, so a restart loop can always pass "latest"
+        return found[-1][1] if found else None
+    if resume is None:
+        return None
+    if not os.path.isfile(os.path.join(resume, STATE_FILE)):
+        raise FileNotFoundError(f"resume_from_checkpoint: {resume!r} is not a complete checkpoint (no {STATE_FILE})")
+    return resume
+
+
+def save_checkpoint(acc, output_dir: str, step: int, trainer_state: dict, scheduler, config_dict: dict,
+                    saving_limit: Optional[int]) -> str:
+    final = os.path.join(output_dir, f"checkpoint-{step}")
+    tmp = os.path.join(output_dir, f".tmp-checkpoint-{step}")
+    if acc.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+        os.makedirs(tmp)
+    acc.wait_for_everyone()
+    acc.save_state(tmp)  # model (or adapter), optimizer, RNG states of every process; backend-aware (ZeRO, FSDP)
+    if acc.is_main_process:
+        torch.save(scheduler.state_dict(), os.path.join(tmp, "scheduler_state.pt"))
+        with open(os.path.join(tmp, "train_config.json"), "w") as f:
+            json.dump(config_dict, f, indent=1)
+        torch.save(trainer_state, os.path.join(tmp, "loop_state.pt"))
+        # the summary is written last: its presence marks a complete checkpoint
+        with open(os.path.join(tmp, STATE_FILE), "w") as f:
+            json.dump({"step": trainer_state["step"]}, f)
+        shutil.rmtree(final, ignore_errors=True)
+        os.rename(tmp, final)
+        if saving_limit:
+            for _, old in list_checkpoints(output_dir)[:-saving_limit]:
+                shutil.rmtree(old, ignore_errors=True)
+    acc.wait_for_everyone()
+    return final
+
+
+def load_checkpoint(acc, path: str, scheduler) -> dict:
+    acc.load_state(path)
+    scheduler.load_state_dict(torch.load(os.path.join(path, "scheduler_state.pt"), weights_only=False))
+    return torch.load(os.path.join(path, "loop_state.pt"), weights_only=False)
