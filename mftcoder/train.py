@@ -33,7 +33,10 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         datefmt="%H:%M:%S")
+    for noisy in ("accelerate.checkpointing", "accelerate.accelerator", "bitsandbytes", "deepspeed"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     from mftcoder.config import ConfigError, load_config
+    from mftcoder.data.cache import PreprocessError
 
     overrides = {k: getattr(args, k) for k in ("output_dir", "tb_dir", "pretrained_model_path", "data_paths",
                                                "model_type", "resume_from_checkpoint", "max_train_steps")}
@@ -44,7 +47,7 @@ def main(argv=None) -> int:
         from mftcoder.trainer.loop import train
 
         train(cfg)
-    except ConfigError as e:
+    except (ConfigError, PreprocessError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0

@@ -16,19 +16,25 @@ import multiprocessing as mp
 import os
 import shutil
 import tempfile
+from collections import deque
 from dataclasses import dataclass
-from typing import Iterator, Optional
+from typing import Iterable, Iterator, Optional
 
 import numpy as np
 
 from mftcoder.config import TrainConfig
-from mftcoder.data.formats import DataFormatError, iter_jsonl, parse_line
+from mftcoder.data.formats import DataFormatError, parse_line
 from mftcoder.data.tasks import Task, resolve_tasks, split_of
-from mftcoder.data.template import get_template
+from mftcoder.data.template import TemplateError, get_template
+
+try:  # a tokenizer's own chat_template may raise_exception() on a conversation it does not accept
+    from jinja2.exceptions import TemplateError as JinjaTemplateError
+except ImportError:  # pragma: no cover
+    JinjaTemplateError = TemplateError
 
 log = logging.getLogger(__name__)
 
-CACHE_FORMAT_VERSION = 1
+CACHE_FORMAT_VERSION = 2
 SPLITS = ("train", "valid", "test")
 STAT_KEYS = ("lines", "blank", "train_samples", "valid_samples", "test_samples", "overlong", "truncated",
              "dropped", "rejected", "tokens", "loss_tokens")
@@ -52,17 +58,32 @@ def tokenizer_fingerprint(tokenizer) -> str:
     return h.hexdigest()
 
 
+def file_digest(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def build_template(cfg: TrainConfig, tokenizer):
+    try:
+        return get_template(cfg.template, tokenizer, cfg.role_markers)
+    except TemplateError as e:
+        raise PreprocessError(f"template={cfg.template!r}: {e}") from None
+
+
 def data_fingerprint(cfg: TrainConfig, tasks: list[Task], tokenizer) -> tuple[str, dict]:
-    files = []
-    for t in tasks:
-        for f in t.files:
-            st = os.stat(f)
-            files.append([t.name, os.path.abspath(f), st.st_size, st.st_mtime_ns])
+    """A key of everything that changes the tokens: file contents (not mtimes: touching a file or copying the data
+    keeps the cache; editing a byte, even at the same size and mtime, does not), tokenizer, template, settings."""
+    files = [[t.name, os.path.abspath(f), file_digest(f)] for t in tasks for f in t.files]
     inputs = {
         "version": CACHE_FORMAT_VERSION,
         "files": files,
         "tokenizer": tokenizer_fingerprint(tokenizer),
         "template": cfg.template,
+        # the rendering itself, so a changed template definition (or tokenizer chat_template) re-tokenises
+        "template_jinja": hashlib.sha256(build_template(cfg, tokenizer).jinja.encode()).hexdigest(),
         "template_jinja": get_template(cfg.template, tokenizer, cfg.role_markers).jinja,
         "seq_length": cfg.seq_length,
         "tokenize_mode": cfg.tokenize_mode,
@@ -82,7 +103,8 @@ def data_fingerprint(cfg: TrainConfig, tasks: list[Task], tokenizer) -> tuple[st
 class _Job:
     task_id: int
     path: str
-    lines: list[tuple[int, str]]
+    lines: list[tuple[int, bytes]]
+    nbytes: int
 
 
 _WORKER: dict = {}
@@ -93,20 +115,35 @@ def _init_worker(tokenizer, template_name, role_markers, settings) -> None:
     _WORKER["settings"] = settings
 
 
-def _encode_job(job: _Job) -> list[tuple]:
-    """-> per line: (lineno, status, payload). status: ok | blank | rejected; payload (ids, mask, split, overlong) or error."""
+def _decode(data: bytes, lineno: int, where: str) -> str:
+    if lineno == 1 and data.startswith(b"\xef\xbb\xbf"):  # a UTF-8 byte order mark is not JSON
+        data = data[3:]
+    try:
+        return data.decode("utf-8").rstrip("\r\n")
+    except UnicodeDecodeError as e:
+        raise DataFormatError(where, f"not valid UTF-8 (byte 0x{data[e.start]:02x} at byte {e.start + 1} of the "
+                                     "line); expected UTF-8 text (re-encode the file, e.g. with iconv)") from None
+
+
+def _encode_job(job: _Job) -> tuple[_Job, list[tuple]]:
+    """-> (job without its lines, per line (lineno, status, payload)). status: ok | blank | rejected | dropped;
+    payload: (ids, mask, split, overlong) for ok, the reason for rejected, (reason, overlong) for dropped."""
     template = _WORKER["template"]
     s = _WORKER["settings"]
     max_len = s["seq_length"] + 1  # a sample of n tokens gives n-1 (input, target) positions
     out = []
-    for lineno, raw in job.lines:
+    for lineno, data in job.lines:
         where = f"{job.path}:{lineno}"
-        if not raw.strip():
-            out.append((lineno, "blank", None))
-            continue
         try:
+            raw = _decode(data, lineno, where)
+            if not raw.strip():
+                out.append((lineno, "blank", None))
+                continue
             conv = parse_line(raw, where, require_assistant_last=s["tokenize_mode"] == "sft")
-            enc = template.encode(conv)
+            try:
+                enc = template.encode(conv)
+            except (TemplateError, JinjaTemplateError) as e:
+                raise DataFormatError(where, f"template {template.name!r} cannot render this line: {e}") from None
         except DataFormatError as e:
             out.append((lineno, "rejected", str(e)))
             continue
@@ -125,29 +162,35 @@ def _encode_job(job: _Job) -> list[tuple]:
             out.append((lineno, "dropped", (f"{where}: no trained token within seq_length+1 = {max_len}", overlong)))
             continue
         out.append((lineno, "ok", (ids, mask, split_of(raw, s["fractions"]), overlong)))
-    return out
+    return _Job(job.task_id, job.path, [], job.nbytes), out
 
 
 def _jobs(tasks: list[Task], chunk_lines: int = 256) -> Iterator[_Job]:
+    """Chunks of raw lines in task, file and line order (the order results are consumed in)."""
     for task in tasks:
         for path in task.files:
-            buf: list[tuple[int, str]] = []
-            for lineno, raw in iter_jsonl(path):
-                buf.append((lineno, raw))
-                if len(buf) >= chunk_lines:
-                    yield _Job(task.task_id, path, buf)
-                    buf = []
+            buf: list[tuple[int, bytes]] = []
+            nbytes = 0
+            with open(path, "rb") as f:
+                for lineno, data in enumerate(f, start=1):
+                    buf.append((lineno, data))
+                    nbytes += len(data)
+                    if len(buf) >= chunk_lines:
+                        yield _Job(task.task_id, path, buf, nbytes)
+                        buf, nbytes = [], 0
             if buf:
-                yield _Job(task.task_id, path, buf)
+                yield _Job(task.task_id, path, buf, nbytes)
 
 
-def _count_lines(tasks: list[Task]) -> int:
-    total = 0
-    for t in tasks:
-        for f in t.files:
-            with open(f, "rb") as fh:
-                total += sum(1 for _ in fh)
-    return total
+def _ordered(pool, jobs: Iterable[_Job], window: int) -> Iterator[tuple[_Job, list[tuple]]]:
+    """Results in job order with at most `window` jobs in flight (Pool.imap would read every file into its queue)."""
+    pending: deque = deque()
+    for job in jobs:
+        pending.append(pool.apply_async(_encode_job, (job,)))
+        if len(pending) >= window:
+            yield pending.popleft().get()
+    while pending:
+        yield pending.popleft().get()
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -196,16 +239,18 @@ def _build(cfg: TrainConfig, tasks: list[Task], tokenizer, out_dir: str, num_wor
     settings = {"seq_length": cfg.seq_length, "tokenize_mode": cfg.tokenize_mode,
                 "overlong_policy": cfg.overlong_policy, "fractions": cfg.split_fractions}
     init_args = (tokenizer, cfg.template, cfg.role_markers, settings)
-    bar = tqdm(total=_count_lines(tasks), desc="tokenising", unit="line", disable=not progress, dynamic_ncols=True)
+    total_bytes = sum(os.path.getsize(f) for t in tasks for f in t.files)
+    bar = tqdm(total=total_bytes, desc="tokenising", unit="B", unit_scale=True, disable=not progress,
+               dynamic_ncols=True)
     if num_workers > 1:
         pool = mp.get_context("fork").Pool(num_workers, initializer=_init_worker, initargs=init_args)
-        results = pool.imap(_encode_job, _jobs(tasks), chunksize=1)
+        results = _ordered(pool, _jobs(tasks), window=4 * num_workers)
     else:
         pool = None
         _init_worker(*init_args)
         results = map(_encode_job, _jobs(tasks))
     try:
-        for job, res in zip(_jobs(tasks), results):
+        for job, res in results:
             st = stats[tasks[job.task_id].name]
             for lineno, status, payload in res:
                 st["lines"] += 1
@@ -231,7 +276,7 @@ def _build(cfg: TrainConfig, tasks: list[Task], tokenizer, out_dir: str, num_wor
                     mask_parts.append(mask)
                     index_rows.append((job.task_id, SPLITS.index(split), offset, len(ids)))
                     offset += len(ids)
-            bar.update(len(res))
+            bar.update(job.nbytes)
     finally:
         bar.close()
         if pool is not None:
@@ -267,7 +312,13 @@ def load_or_build(cfg: TrainConfig, tokenizer, *, num_workers: Optional[int] = N
     if os.path.isfile(meta_path):
         with open(meta_path) as f:
             meta = json.load(f)
-        return TokenizedData(_load(path, tasks), meta["stats"], path, from_cache=True)
+        data = TokenizedData(_load(path, tasks), meta["stats"], path, from_cache=True)
+        warn_small_tasks(cfg, data)  # the run that loads the cache needs to hear it as much as preprocess did
+        return data
+    for t in tasks:
+        for f in t.files:
+            if os.path.getsize(f) == 0:
+                log.warning(f"{f}: empty file (task {t.name!r}); it contributes no sample")
     os.makedirs(root, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=f".{fingerprint}.tmp-", dir=root)
     try:

@@ -42,8 +42,6 @@ def make_scheduler(optimizer, cfg: TrainConfig, total_steps: int):
     if floor > 0 and hasattr(sched, "lr_lambdas"):
         # LambdaLR: floor each multiplier after warmup so the rate never drops below min_lr
         sched.lr_lambdas = [_floored(f, floor, warmup) for f in sched.lr_lambdas]
-        sched.last_epoch -= 1
-        sched.step()
     return sched
 
 
