@@ -126,8 +126,11 @@ def _install_guard(workdir):
 
 def _describe(exc, tb, program_lines):
     """`Type: message (line N: source)` for the innermost frame that lies in the program."""
-    text = "".join(traceback.format_exception_only(type(exc), exc)).strip()
-    line = None
+    if isinstance(exc, SyntaxError):  # its default text spans several lines (source and caret)
+        text = f"{type(exc).__name__}: {exc.msg}"
+    else:
+        text = "".join(traceback.format_exception_only(type(exc), exc)).strip()
+    line = exc.lineno if isinstance(exc, SyntaxError) and exc.filename == "<sample>" else None
     for frame, lineno in traceback.walk_tb(tb):
         if frame.f_code.co_filename == "<sample>":
             line = lineno
