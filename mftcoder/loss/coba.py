@@ -101,7 +101,8 @@ class CoBa:
         self.steps.append(step)
         self.values.append(row)
         self.present.append(list(mask))
-        del self.steps[: -self.history_length], self.values[: -self.history_length], self.present[: -self.history_length]
+        H = self.history_length
+        del self.steps[:-H], self.values[:-H], self.present[:-H]
         if step >= self.warmup_steps:
             self.current = self._update()
 
@@ -109,7 +110,9 @@ class CoBa:
         loss = torch.as_tensor(valid_loss).detach().to("cpu", DTYPE).reshape(-1)
         mask = torch.as_tensor(present).detach().to("cpu").bool().reshape(-1)
         if loss.numel() != self.num_tasks or mask.numel() != self.num_tasks:
-            raise ValueError(f"CoBa expects {self.num_tasks} task losses and flags, got {loss.numel()} and {mask.numel()}")
+            raise ValueError(
+                f"CoBa expects {self.num_tasks} task losses and flags, got {loss.numel()} and {mask.numel()}"
+            )
         if not bool(torch.isfinite(loss[mask]).all()) or bool((loss[mask] < 0).any()):
             raise ValueError(f"CoBa got a non-finite or negative validation loss: {loss.tolist()}")
         return loss.tolist(), mask.tolist()
@@ -163,7 +166,9 @@ class CoBa:
                 "tau": self.tau, "update_interval": self.update_interval,
             },
             "v0": list(self.v0), "v0_set": list(self.v0_set),
-            "steps": list(self.steps), "values": [list(r) for r in self.values], "present": [list(p) for p in self.present],
+            "steps": list(self.steps),
+            "values": [list(r) for r in self.values],
+            "present": [list(p) for p in self.present],
             "slopes": [list(s) for s in self.slopes], "worst_slopes": list(self.worst_slopes),
             "current": None if self.current is None else list(self.current),
         }

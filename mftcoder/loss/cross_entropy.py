@@ -40,7 +40,8 @@ def _chunk_ce(hidden: Tensor, labels: Tensor, lm_head: nn.Module | Tensor) -> Te
 
 
 def token_losses_from_logits(logits: Tensor, labels: Tensor) -> Tensor:
-    """Plain reference path: logits [B, T, V], labels [B, T] (-100 = not trained) -> per-token CE [B, T], 0 where -100."""
+    """Plain reference path: logits [B, T, V], labels [B, T] (-100 = not trained) -> per-token CE [B, T]
+    (0 where -100)."""
     if logits.shape[:-1] != labels.shape:
         raise ValueError(f"logits {tuple(logits.shape)} do not match labels {tuple(labels.shape)}")
     B, T, V = logits.shape
@@ -128,6 +129,9 @@ def model_token_losses(model: nn.Module, batch: dict[str, Any], chunked: bool = 
     Unchunked: the model's full logits. Chunked: the model is still called through its (wrapped) forward, so
     distributed wrappers see a normal forward, but with `logits_to_keep` set to the last position only; the final
     hidden states are taken from the decoder's output by a forward hook and projected chunk by chunk.
+    The projection runs after the model's forward returned, so under mixed precision call this inside the same
+    autocast context as the model (e.g. `accelerator.autocast()`); the recomputation in backward reuses it.
+    MoE router auxiliary losses are not included (the model adds them only to its own `loss`).
     """
     labels = batch["labels"]
     if not chunked:
@@ -153,7 +157,9 @@ def model_token_losses(model: nn.Module, batch: dict[str, Any], chunked: bool = 
     finally:
         handle.remove()
     if len(captured) != 1:
-        raise RuntimeError(f"expected the decoder of {type(lm).__name__} to run once per forward, it ran {len(captured)} times")
+        raise RuntimeError(
+            f"expected the decoder of {type(lm).__name__} to run once per forward, it ran {len(captured)} times"
+        )
     hidden = captured[0]
 
     if not getattr(lm, _CHECKED_ATTR, False):

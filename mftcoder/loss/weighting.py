@@ -99,7 +99,9 @@ def _trained_tokens(batch: dict[str, Any], num_tasks: int) -> tuple[Tensor, Tens
     sid = sample_ids[mask].long()
     S = sample_task_ids.numel()
     if sid.numel() and (int(sid.min()) < 0 or int(sid.max()) >= S):
-        raise ValueError(f"trained tokens must belong to a sample 0..{S - 1}; got sample ids {int(sid.min())}..{int(sid.max())}")
+        raise ValueError(
+            f"trained tokens must belong to a sample 0..{S - 1}; got sample ids {int(sid.min())}..{int(sid.max())}"
+        )
     if S and (int(sample_task_ids.min()) < 0 or int(sample_task_ids.max()) >= num_tasks):
         raise ValueError(f"task ids must be in 0..{num_tasks - 1}, got {sample_task_ids.tolist()}")
     return mask, sid, sample_task_ids, S
@@ -197,7 +199,9 @@ def _safe_inverse(x: Tensor) -> Tensor:
 def _check_weights(task_weights: Tensor | Sequence[float] | None, K: int, device: torch.device) -> Tensor:
     if task_weights is None:
         return torch.ones(K, dtype=COUNT_DTYPE, device=device)
-    w = torch.as_tensor(task_weights).detach().to(device=device, dtype=COUNT_DTYPE).reshape(-1)
+    if not isinstance(task_weights, Tensor):  # a list of Python floats: keep float64, not torch's default float32
+        task_weights = torch.tensor(task_weights, dtype=COUNT_DTYPE)
+    w = task_weights.detach().to(device=device, dtype=COUNT_DTYPE).reshape(-1)
     if w.numel() != K:
         raise ValueError(f"task_weights has {w.numel()} entries for {K} tasks")
     if not bool(torch.isfinite(w).all()) or bool((w < 0).any()):

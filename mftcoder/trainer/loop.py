@@ -130,7 +130,8 @@ def train(cfg: TrainConfig) -> dict:
         for mb in micro_batches:
             mb = {k: v.to(acc.device) if torch.is_tensor(v) else v for k, v in mb.items()}
             with acc.accumulate(model):
-                token_loss = model_token_losses(model, mb, chunked=cfg.chunked_ce, chunk_size=cfg.ce_chunk_size)
+                with acc.autocast():  # the chunked lm_head projection runs after the model's own (autocast) forward
+                    token_loss = model_token_losses(model, mb, chunked=cfg.chunked_ce, chunk_size=cfg.ce_chunk_size)
                 share = micro_batch_loss(token_loss, mb, counts, cfg.weighted_loss_mode, weights.to(acc.device))
                 # accelerate/DeepSpeed divide by the accumulation steps and DDP/ZeRO/FSDP average over processes;
                 # the share is already this micro-batch's exact part of the global step loss, so undo both
@@ -253,7 +254,8 @@ def _valid_loss(acc, model, batches: TrainBatches, my_batches: list, n_batches: 
         real = i < len(my_batches)
         units = my_batches[i] if real else [fallback]  # dummy forward keeps sharded ranks in step
         mb = {k: v.to(acc.device) if torch.is_tensor(v) else v for k, v in batches.collate_units(units, "valid").items()}
-        token_loss = model_token_losses(model, mb, chunked=cfg.chunked_ce, chunk_size=cfg.ce_chunk_size)
+        with acc.autocast():
+            token_loss = model_token_losses(model, mb, chunked=cfg.chunked_ce, chunk_size=cfg.ce_chunk_size)
         if real:
             ls, ts = _task_sums(token_loss, mb, K)
             loss_sum += ls
