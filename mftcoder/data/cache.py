@@ -48,13 +48,27 @@ class PreprocessError(ValueError):
 # fingerprint
 
 
+# Tokenised with every fingerprint: catches in-memory changes to a tokenizer that its files do not show.
+_TOKENIZER_PROBE = "def f(x):\n\treturn x  # Caf\u00e9 \u2713 1234\r\n<|endoftext|><s>human\n<|im_start|>user"
+
+
 def tokenizer_fingerprint(tokenizer) -> str:
     h = hashlib.sha256()
+    source = os.path.join(getattr(tokenizer, "name_or_path", "") or "", "tokenizer.json")
     backend = getattr(tokenizer, "backend_tokenizer", None)
-    h.update((backend.to_str() if backend is not None else repr(tokenizer.get_vocab())).encode())
+    if os.path.isfile(source):
+        # the file it was loaded from: hashing it takes ~3 ms where serialising a 50k-vocab tokenizer takes ~20 ms,
+        # which would be most of a warm cache load
+        h.update(file_digest(source).encode())
+    elif backend is not None:
+        h.update(backend.to_str().encode())
+    else:
+        h.update(repr(sorted(tokenizer.get_vocab().items())).encode())
+    probe = tokenizer(_TOKENIZER_PROBE, add_special_tokens=False)["input_ids"]
     # the chat_template is not part of it: the template in use is fingerprinted on its own (data_fingerprint)
-    h.update(json.dumps({"eos": tokenizer.eos_token, "pad": tokenizer.pad_token, "bos": tokenizer.bos_token},
-                        sort_keys=True, default=str).encode())
+    h.update(json.dumps({"class": type(tokenizer).__name__, "size": len(tokenizer), "probe": probe,
+                         "added": tokenizer.get_added_vocab(), "eos": tokenizer.eos_token,
+                         "pad": tokenizer.pad_token, "bos": tokenizer.bos_token}, sort_keys=True, default=str).encode())
     return h.hexdigest()
 
 
@@ -83,8 +97,7 @@ def data_fingerprint(cfg: TrainConfig, tasks: list[Task], tokenizer) -> tuple[st
         "tokenizer": tokenizer_fingerprint(tokenizer),
         "template": cfg.template,
         # the rendering itself, so a changed template definition (or tokenizer chat_template) re-tokenises
-        "template_jinja": hashlib.sha256(build_template(cfg, tokenizer).jinja.encode()).hexdigest(),
-        "template_jinja": get_template(cfg.template, tokenizer, cfg.role_markers).jinja,
+        "template_jinja": build_template(cfg, tokenizer).jinja,
         "seq_length": cfg.seq_length,
         "tokenize_mode": cfg.tokenize_mode,
         "overlong_policy": cfg.overlong_policy,
