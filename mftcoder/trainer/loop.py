@@ -73,7 +73,7 @@ def train(cfg: TrainConfig) -> dict:
                              sharded=backend.is_sharded(acc))
     optimizer = make_optimizer(model, cfg)
     scheduler = make_scheduler(optimizer, cfg, total_steps)  # stepped by us once per optimizer step
-    model, optimizer = acc.prepare(model, optimizer)
+    model, optimizer = backend.prepare(acc, model, optimizer)  # FSDP2 wrap class from the model
     if acc.is_main_process:
         log.info("attention: %s | backend: %s x%d | tasks: %s | global batch %d rows = %d micro x %d accumulation x %d "
                  "processes | %d steps (%d per epoch)", attn, acc.distributed_type, world, names,
@@ -117,7 +117,8 @@ def train(cfg: TrainConfig) -> dict:
     bar = tqdm(total=total_steps, initial=state.step, desc="training", disable=not acc.is_main_process,
                dynamic_ncols=True)
     model.train()
-    stop_reason = "max steps" if cfg.max_train_steps else "epochs"
+    stop_reason = "max steps" if total_steps < steps_per_epoch * cfg.num_train_epochs else "epochs"
+    record: dict = {}  # stays empty when a resumed run has no step left (killed after its last checkpoint)
     while state.step < total_steps:
         start = time.perf_counter()
         micro_batches = batches.micro_batches(state.step)
@@ -131,7 +132,8 @@ def train(cfg: TrainConfig) -> dict:
             mb = {k: v.to(acc.device) if torch.is_tensor(v) else v for k, v in mb.items()}
             with acc.accumulate(model):
                 with acc.autocast():  # the chunked lm_head projection runs after the model's own (autocast) forward
-                    token_loss = model_token_losses(model, mb, chunked=cfg.chunked_ce, chunk_size=cfg.ce_chunk_size)
+                    token_loss = model_token_losses(model, mb, chunked=backend.chunked_ce(acc, cfg),
+                                                    chunk_size=cfg.ce_chunk_size)
                 share = micro_batch_loss(token_loss, mb, counts, cfg.weighted_loss_mode, weights.to(acc.device))
                 # accelerate/DeepSpeed divide by the accumulation steps and DDP/ZeRO/FSDP average over processes;
                 # the share is already this micro-batch's exact part of the global step loss, so undo both
@@ -193,7 +195,7 @@ def train(cfg: TrainConfig) -> dict:
     metrics.close()
     summary = {"steps": state.step, "stop_reason": stop_reason, "first_valid": state.first_eval,
                "last_valid": (last_eval or {}).get("task_loss") or _last_valid(metrics.path),
-               "task_weight": record["task_weight"] if state.step else None, "output_dir": cfg.output_dir}
+               "task_weight": record.get("task_weight"), "output_dir": cfg.output_dir}
     if acc.is_main_process:
         print(summary_table(summary, names))
     acc.wait_for_everyone()
@@ -255,7 +257,8 @@ def _valid_loss(acc, model, batches: TrainBatches, my_batches: list, n_batches: 
         units = my_batches[i] if real else [fallback]  # dummy forward keeps sharded ranks in step
         mb = {k: v.to(acc.device) if torch.is_tensor(v) else v for k, v in batches.collate_units(units, "valid").items()}
         with acc.autocast():
-            token_loss = model_token_losses(model, mb, chunked=cfg.chunked_ce, chunk_size=cfg.ce_chunk_size)
+            token_loss = model_token_losses(model, mb, chunked=backend.chunked_ce(acc, cfg),
+                                            chunk_size=cfg.ce_chunk_size)
         if real:
             ls, ts = _task_sums(token_loss, mb, K)
             loss_sum += ls
