@@ -195,7 +195,7 @@ def train(cfg: TrainConfig) -> dict:
     metrics.close()
     summary = {"steps": state.step, "stop_reason": stop_reason, "first_valid": state.first_eval,
                "last_valid": (last_eval or {}).get("task_loss") or _last_valid(metrics.path),
-               "task_weight": record.get("task_weight"), "output_dir": cfg.output_dir}
+               "task_weight": _mean_task_weights(metrics.path, names), "output_dir": cfg.output_dir}
     if acc.is_main_process:
         print(summary_table(summary, names))
     acc.wait_for_everyone()
@@ -307,14 +307,24 @@ def _last_valid(path: str) -> Optional[dict]:
     return valid[-1]["task_loss"] if valid else None
 
 
+def _mean_task_weights(path: str, names: list[str]) -> Optional[dict]:
+    """Each task's share of the loss averaged over the run's steps (0 in steps where the task was absent)."""
+    from mftcoder.trainer.metrics import read_metrics
+
+    if not os.path.exists(path):
+        return None
+    steps = [r["task_weight"] for r in read_metrics(path) if "task_weight" in r]
+    return {n: sum(w[n] for w in steps) / len(steps) for n in names} if steps else None
+
+
 def summary_table(summary: dict, names: list[str]) -> str:
     first, last, weights = summary.get("first_valid") or {}, summary.get("last_valid") or {}, summary.get("task_weight") or {}
     fmt = lambda v: "-" if v is None else f"{v:.4f}"  # noqa: E731
     width = max([len(n) for n in names] + [4])
     lines = [f"finished after {summary['steps']} steps ({summary['stop_reason']}); model in {summary['output_dir']}",
-             f"{'task'.ljust(width)}  first_valid  last_valid   change  weight"]
+             f"{'task'.ljust(width)}  first_valid  last_valid   change  mean_weight"]
     for n in names:
         f, l_ = first.get(n), last.get(n)
         change = "-" if f is None or l_ is None else f"{(l_ - f) / f * 100:+.1f}%"
-        lines.append(f"{n.ljust(width)}  {fmt(f):>11}  {fmt(l_):>10}  {change:>7}  {fmt(weights.get(n)):>6}")
+        lines.append(f"{n.ljust(width)}  {fmt(f):>11}  {fmt(l_):>10}  {change:>7}  {fmt(weights.get(n)):>11}")
     return "\n".join(lines)
