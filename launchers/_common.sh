@@ -16,6 +16,7 @@ Environment (all optional):
   MASTER_PORT=P          rendezvous port (default: the one in the accelerate config; each config has its own)
   ACCELERATE_CONFIG=F    use this accelerate yaml instead of the one under configs/accelerate/
   LOG_FILE=F             log file (default: logs/<launcher>-<date>.log); output also goes to the terminal
+  DRY_RUN=1              print the device, switches and command, run nothing
   PYTHON=P               python of the environment mftcoder is installed in
 TXT
 }
@@ -45,7 +46,7 @@ detect_device() {
   case "$DEVICE" in cpu|cuda) ;; *) die "DEVICE must be auto, cpu or cuda, got '$DEVICE'" ;; esac
   if [ -z "${MIXED_PRECISION:-}" ]; then
     if [ "$DEVICE" = cuda ]; then
-      MIXED_PRECISION=$("$PYTHON" -c 'import torch; print("bf16" if torch.cuda.is_bf16_supported() else "fp16")')
+      MIXED_PRECISION=$("$PYTHON" -c 'import torch; print("bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "fp16")')
     else
       MIXED_PRECISION=no
     fi
@@ -61,20 +62,28 @@ run_launch() {
   export OMP_NUM_THREADS=${OMP_NUM_THREADS:-$(( cores / per_node > 0 ? cores / per_node : 1 ))}
   export TOKENIZERS_PARALLELISM=${TOKENIZERS_PARALLELISM:-false}
   local args=(--config_file "$yaml" --mixed_precision "$MIXED_PRECISION" "$@")
+  # ACCELERATE_USE_CPU is ours to decide: on CUDA it would move training to the CPU, and it switches DeepSpeed off
+  unset ACCELERATE_USE_CPU
   if [ "$DEVICE" = cpu ]; then
     case "$kind" in
       # accelerate's --cpu starts one process; gloo DDP/FSDP2 need the multi-GPU launcher with CPU tensors
       ddp) export ACCELERATE_USE_CPU=true; [[ " $* " == *" --num_processes 1 "* ]] || args+=(--multi_gpu) ;;
       fsdp) export ACCELERATE_USE_CPU=true ;;
-      # ACCELERATE_USE_CPU would switch DeepSpeed off; DeepSpeed picks its CPU accelerator (gloo) itself
-      deepspeed) unset ACCELERATE_USE_CPU; export DS_ACCELERATOR=cpu ;;
+      # DeepSpeed on CPU: its CPU accelerator (gloo), chosen quietly
+      deepspeed) export DS_ACCELERATOR=cpu ;;
     esac
   fi
   [ -n "${MASTER_PORT:-}" ] && [[ " $* " != *" --main_process_port "* ]] && args+=(--main_process_port "$MASTER_PORT")
-  LOG_FILE=${LOG_FILE:-logs/$name-$(date +%Y%m%d-%H%M%S).log}
-  mkdir -p "$(dirname "$LOG_FILE")"
   local cmd=("$PYTHON" -m accelerate.commands.launch "${args[@]}"
              "$ROOT/mftcoder/train.py" --train_config "$CFG" "${EXTRA[@]}")
+  if [ "${DRY_RUN:-0}" = 1 ]; then  # show what would run, and with which switches
+    echo "DEVICE=$DEVICE MIXED_PRECISION=$MIXED_PRECISION OMP_NUM_THREADS=$OMP_NUM_THREADS"
+    echo "ACCELERATE_USE_CPU=${ACCELERATE_USE_CPU:-} DS_ACCELERATOR=${DS_ACCELERATOR:-}"
+    echo "${cmd[*]}"
+    return 0
+  fi
+  LOG_FILE=${LOG_FILE:-logs/$name-$(date +%Y%m%d-%H%M%S).log}
+  mkdir -p "$(dirname "$LOG_FILE")"
   {
     echo "# $(date -Is) $name on $DEVICE (mixed precision $MIXED_PRECISION, OMP_NUM_THREADS=$OMP_NUM_THREADS)"
     echo "# ${cmd[*]}"

@@ -77,8 +77,9 @@ def load_model(cfg: TrainConfig, *, mixed_precision: str = "no", device: torch.d
             for p in model.parameters():
                 if p.requires_grad:
                     p.data = p.data.float()
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    total = sum(p.numel() for p in model.parameters())
+    numel = lambda p: getattr(p, "ds_numel", p.numel())  # noqa: E731  (ZeRO-3 init leaves empty local shards)
+    trainable = sum(numel(p) for p in model.parameters() if p.requires_grad)
+    total = sum(numel(p) for p in model.parameters())
     log.info("trainable parameters: %s of %s (%.2f%%)", f"{trainable:,}", f"{total:,}", 100 * trainable / max(total, 1))
     return model, attn
 

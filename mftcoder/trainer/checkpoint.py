@@ -6,6 +6,7 @@ import json
 import os
 import re
 import shutil
+from contextlib import contextmanager
 from typing import Optional
 
 import torch
@@ -34,7 +35,10 @@ def resolve_resume(resume: Optional[str], output_dir: str, auto_resume: bool) ->
     if resume is None:
         return None
     if not os.path.isfile(os.path.join(resume, STATE_FILE)):
-        raise FileNotFoundError(f"resume_from_checkpoint: {resume!r} is not a complete checkpoint (no {STATE_FILE})")
+        from mftcoder.config import ConfigError
+
+        raise ConfigError(f"resume_from_checkpoint: {resume!r} is not a complete checkpoint (no {STATE_FILE}); "
+                          f'give a checkpoint-<step> folder or "latest"')
     return resume
 
 
@@ -46,7 +50,9 @@ def save_checkpoint(acc, output_dir: str, step: int, trainer_state: dict, schedu
         shutil.rmtree(tmp, ignore_errors=True)
         os.makedirs(tmp)
     acc.wait_for_everyone()
-    acc.save_state(tmp)  # model (or adapter), optimizer, RNG states of every process; backend-aware (ZeRO, FSDP)
+    with _only_trainable_weights(acc):
+        acc.save_state(tmp)  # model (or adapter), optimizer, RNG states of every process; backend-aware (ZeRO, FSDP)
+    acc.wait_for_everyone()  # every rank has written its shard and RNG state before the rename
     if acc.is_main_process:
         torch.save(scheduler.state_dict(), os.path.join(tmp, "scheduler_state.pt"))
         with open(os.path.join(tmp, "train_config.json"), "w") as f:
@@ -65,6 +71,52 @@ def save_checkpoint(acc, output_dir: str, step: int, trainer_state: dict, schedu
 
 
 def load_checkpoint(acc, path: str, scheduler) -> dict:
-    acc.load_state(path)
+    with _only_trainable_weights(acc):
+        acc.load_state(path)
     scheduler.load_state_dict(torch.load(os.path.join(path, "scheduler_state.pt"), weights_only=False))
     return torch.load(os.path.join(path, "loop_state.pt"), weights_only=False)
+
+
+def _trainable_names(model) -> set[str] | None:
+    """Names of the trainable parameters when some are frozen (LoRA / QLoRA), else None (full fine-tuning)."""
+    names = [(n, p.requires_grad) for n, p in model.named_parameters()]
+    trainable = {n for n, g in names if g}
+    return trainable if len(trainable) < len(names) else None
+
+
+@contextmanager
+def _only_trainable_weights(acc):
+    """An adapter run's checkpoint holds the adapter, not another copy of the frozen (possibly quantized) base, which
+    resume reloads from pretrained_model_path anyway. Applies where accelerate itself writes the weights (single
+    process, DDP); DeepSpeed and FSDP save through their own engines."""
+
+    def on_save(models, weights, _output_dir):
+        for i, (model, state) in enumerate(zip(models, weights)):
+            keep = _trainable_names(model)
+            if keep is not None:
+                weights[i] = {k: v for k, v in state.items() if k in keep}
+
+    def on_load(models, input_dir):
+        from safetensors.torch import load_file
+
+        for i, model in reversed(list(enumerate(models))):
+            keep = _trainable_names(model)
+            file = os.path.join(input_dir, f"model{'_' + str(i) if i else ''}.safetensors")
+            if keep is None or not os.path.isfile(file):
+                continue
+            state = load_file(file, device=str(next(model.parameters()).device))
+            if keep < set(state):
+                continue  # a full state dict (an older checkpoint): accelerate loads it as before
+            if set(state) != keep:  # another adapter's checkpoint: refuse, do not guess
+                raise ValueError(f"{file} holds {len(state)} tensors but this run trains {len(keep)} "
+                                 f"(e.g. missing {sorted(keep - set(state))[:3]}, unexpected "
+                                 f"{sorted(set(state) - keep)[:3]}); resume with the same peft settings")
+            model.load_state_dict(state, strict=False)
+            models.pop(i)  # loaded here; accelerate would insist on the full state dict
+
+    handles = [acc.register_save_state_pre_hook(on_save), acc.register_load_state_pre_hook(on_load)]
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()

@@ -15,7 +15,7 @@ from typing import Optional
 
 import torch
 
-from mftcoder.config import TrainConfig, check_environment
+from mftcoder.config import ConfigError, TrainConfig, check_environment
 from mftcoder.data.prepare import prepare_data
 from mftcoder.data.template import attach_chat_template, get_template
 from mftcoder.loss.coba import CoBa
@@ -27,7 +27,7 @@ from mftcoder.trainer import backend
 from mftcoder.trainer.batches import TrainBatches, ValidProbe, eval_units, shard_eval
 from mftcoder.trainer.checkpoint import load_checkpoint, resolve_resume, save_checkpoint
 from mftcoder.trainer.metrics import MetricsLog
-from mftcoder.trainer.optim import make_optimizer, make_scheduler
+from mftcoder.trainer.optim import check_scheduler, make_optimizer, make_scheduler
 
 log = logging.getLogger("mftcoder")
 
@@ -57,16 +57,21 @@ def train(cfg: TrainConfig) -> dict:
     with acc.main_process_first():  # rank 0 tokenises; the others then read its cache
         data = prepare_data(cfg, tokenizer, progress=acc.is_main_process, verbose=acc.is_main_process)
     empty = [t.task.name for t in data.tasks if len(t.train) == 0]
-    if empty:
-        raise ValueError(f"task(s) {empty} have no training sample after preprocessing; see data_stats.json")
+    if empty:  # before the model loads; a ConfigError so the CLI prints the message, not a traceback
+        raise ConfigError(_no_train_sample_message(empty, data.stats, cfg))
     names = data.task_names
     K = len(names)
     batches = TrainBatches(data, cfg, rank, world, tokenizer.pad_token_id)
     valid_units = eval_units(data)
+    if cfg.weighted_loss_mode == "coba" and not valid_units:
+        raise ConfigError(f"weighted_loss_mode='coba' steers by validation loss, but data_split={cfg.data_split!r} "
+                          "left no task a validation sample; give valid a larger share or add data")
     steps_per_epoch = batches.steps_per_epoch()
     total_steps = steps_per_epoch * cfg.num_train_epochs
     if cfg.max_train_steps:
         total_steps = min(total_steps, cfg.max_train_steps)
+    check_scheduler(cfg, total_steps)  # a bad schedule or resume path fails here, before the model loads
+    resume_path = resolve_resume(cfg.resume_from_checkpoint, cfg.output_dir, cfg.auto_resume)
 
     # --- model, optimiser, schedule ------------------------------------------------------------------------------------
     model, attn = load_model(cfg, mixed_precision=acc.mixed_precision, device=acc.device,
@@ -87,7 +92,6 @@ def train(cfg: TrainConfig) -> dict:
 
     # --- resume --------------------------------------------------------------------------------------------------------
     state = LoopState()
-    resume_path = resolve_resume(cfg.resume_from_checkpoint, cfg.output_dir, cfg.auto_resume)
     if resume_path:
         state = LoopState(**load_checkpoint(acc, resume_path, scheduler)["loop"])
         if coba is not None and state.coba is not None:
@@ -118,8 +122,9 @@ def train(cfg: TrainConfig) -> dict:
                dynamic_ncols=True)
     model.train()
     stop_reason = "max steps" if total_steps < steps_per_epoch * cfg.num_train_epochs else "epochs"
-    record: dict = {}  # stays empty when a resumed run has no step left (killed after its last checkpoint)
-    while state.step < total_steps:
+    if cfg.early_stopping and state.stall >= cfg.early_stopping_stall_num:  # resumed from its early-stop checkpoint
+        stop_reason = f"early stopping ({state.stall} evaluations without a better validation loss)"
+    while state.step < total_steps and not stop_reason.startswith("early"):
         start = time.perf_counter()
         micro_batches = batches.micro_batches(state.step)
         counts = _global_counts(acc, [count_micro_batch(b, K) for b in micro_batches])
@@ -233,6 +238,20 @@ def _effective_weights(weights: torch.Tensor, counts: StepCounts, mode: str) -> 
     return [float(v) / total for v in w]
 
 
+def _no_train_sample_message(empty: list[str], stats: dict, cfg: TrainConfig) -> str:
+    lines = []
+    for name in empty:
+        st = stats.get("tasks", {}).get(name, {})
+        lines.append(f"task {name!r} has no training sample: of its {st.get('lines', '?')} line(s), "
+                     f"{st.get('valid_samples', '?')} went to valid and {st.get('test_samples', '?')} to test "
+                     f"(data_split={cfg.data_split!r}), {st.get('dropped', '?')} were dropped as longer than "
+                     f"seq_length={cfg.seq_length} (overlong_policy={cfg.overlong_policy!r}), "
+                     f"{st.get('rejected', '?')} rejected, {st.get('blank', '?')} blank")
+    return ("\n".join(lines) + f"\n(details in {os.path.join(cfg.output_dir, 'data_stats.json')}); add data to the "
+            "task, give train a larger share of data_split, raise seq_length or use overlong_policy='truncate', "
+            "or remove the task from data_paths")
+
+
 def _mean(values: list[float]) -> Optional[float]:
     return sum(values) / len(values) if values else None
 
@@ -253,7 +272,7 @@ def _valid_loss(acc, model, batches: TrainBatches, my_batches: list, n_batches: 
     loss_sum = torch.zeros(K, dtype=torch.float64)
     tok_sum = torch.zeros(K, dtype=torch.float64)
     for i in range(n_batches):
-        real = i < len(my_batches)
+        real = i < len(my_batches) and len(my_batches[i]) > 0  # shard_eval gives [] to a rank without data
         units = my_batches[i] if real else [fallback]  # dummy forward keeps sharded ranks in step
         mb = {k: v.to(acc.device) if torch.is_tensor(v) else v for k, v in batches.collate_units(units, "valid").items()}
         with acc.autocast():

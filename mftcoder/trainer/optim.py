@@ -12,7 +12,8 @@ def make_optimizer(model, cfg: TrainConfig):
         if not p.requires_grad:
             continue
         # biases and norm scales are not decayed (MFTCoder decayed everything)
-        (no_decay if p.ndim < 2 else decay).append(p)
+        # (ZeRO-3 init leaves a 1-D empty local shard: its real shape is ds_shape)
+        (no_decay if len(getattr(p, "ds_shape", p.shape)) < 2 else decay).append(p)
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     groups = [g for g in groups if g["params"]]
     betas = (cfg.adam_beta1, cfg.adam_beta2)
@@ -34,15 +35,40 @@ def make_scheduler(optimizer, cfg: TrainConfig, total_steps: int):
     from transformers import get_scheduler
 
     warmup = warmup_steps(cfg, total_steps)
-    if cfg.lr_scheduler_type == "cosine" and cfg.min_lr > 0:
-        return get_scheduler("cosine_with_min_lr", optimizer, num_warmup_steps=warmup, num_training_steps=total_steps,
-                             scheduler_specific_kwargs={"min_lr": cfg.min_lr})
-    sched = get_scheduler(cfg.lr_scheduler_type, optimizer, num_warmup_steps=warmup, num_training_steps=total_steps)
+    name = cfg.lr_scheduler_type
+    if name in MIN_LR_COSINES or (name == "cosine" and cfg.min_lr > 0):
+        return get_scheduler("cosine_with_min_lr" if name == "cosine" else name, optimizer, num_warmup_steps=warmup,
+                             num_training_steps=total_steps, scheduler_specific_kwargs={"min_lr": cfg.min_lr})
+    if name == "constant" and warmup > 0:
+        name = "constant_with_warmup"  # transformers' "constant" silently ignores num_warmup_steps
+    sched = get_scheduler(name, optimizer, num_warmup_steps=warmup, num_training_steps=total_steps)
     floor = cfg.min_lr / cfg.learning_rate
     if floor > 0 and hasattr(sched, "lr_lambdas"):
         # LambdaLR: floor each multiplier after warmup so the rate never drops below min_lr
         sched.lr_lambdas = [_floored(f, floor, warmup) for f in sched.lr_lambdas]
     return sched
+
+
+def check_scheduler(cfg: TrainConfig, total_steps: int) -> None:
+    """Build and step the schedule on a throwaway optimizer, so a bad lr_scheduler_type stops the run before the
+    model loads (names transformers does not know, schedules that need a metric or extra arguments)."""
+    from transformers import SchedulerType
+
+    from mftcoder.config import ConfigError
+
+    probe = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=cfg.learning_rate)
+    try:
+        sched = make_scheduler(probe, cfg, max(total_steps, 1))
+        probe.step()
+        sched.step()
+    except (ValueError, TypeError, KeyError) as e:
+        usable = [t.value for t in SchedulerType if t.value not in UNUSABLE_SCHEDULES]
+        raise ConfigError(f"lr_scheduler_type={cfg.lr_scheduler_type!r} cannot schedule this run ({e}); "
+                          f"valid: {', '.join(usable)}") from None
+
+
+MIN_LR_COSINES = ("cosine_with_min_lr", "cosine_warmup_with_min_lr")
+UNUSABLE_SCHEDULES = ("reduce_lr_on_plateau", "greedy", "warmup_stable_decay")  # need a metric or decay arguments
 
 
 def _floored(fn, floor: float, warmup: int):
