@@ -1,0 +1,242 @@
+"""Exact resume: a real training process is SIGKILLed (at a random moment after its first checkpoint, or while a
+checkpoint is being written), restarted with resume_from_checkpoint "latest", and its metrics.jsonl then equals the
+uninterrupted run's step for step (fp32, 1e-6 relative), for case3 + LoRA with dropout (RNG states restored) and for
+CoBa (its state restored)."""
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from mftcoder.config import ConfigError
+from mftcoder.trainer.loop import train
+from test_train_loop import make_cfg, one_thread, read_records, train_records, valid_records, write_tasks  # noqa: F401
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+THREADS = "1"  # the in-process reference runs (fixture one_thread) and the subprocesses: the same float reductions
+
+
+def _config(tiny_model_dir, data, out, **overrides):
+    settings = dict(num_train_epochs=3, evaluation_steps=3, checkpointing_steps=2, per_device_train_batch_size=2,
+                    gradient_accumulation_steps=2)
+    return make_cfg(tiny_model_dir, data, out, **{**settings, **overrides})
+
+
+def _write_json(cfg, path) -> str:
+    with open(path, "w") as f:
+        json.dump(cfg.model_dump(mode="json", exclude_none=True), f)
+    return str(path)
+
+
+def _start(cfg_path: str, log_path, *args: str) -> subprocess.Popen:
+    env = dict(os.environ, OMP_NUM_THREADS=THREADS, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+    log = open(log_path, "ab")
+    return subprocess.Popen([sys.executable, "mftcoder/train.py", "--train_config", cfg_path, *args], cwd=REPO,
+                            env=env, stdout=log, stderr=subprocess.STDOUT)
+
+
+def _kill(proc: subprocess.Popen) -> None:
+    proc.send_signal(signal.SIGKILL)
+    assert proc.wait(timeout=30) == -signal.SIGKILL
+
+
+def _wait_for(proc, condition, what: str, timeout: float = 180.0, poll: float = 0.002):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = condition()
+        if found:
+            return found
+        if proc.poll() is not None:
+            pytest.fail(f"the training process ended (rc {proc.returncode}) before {what}")
+        time.sleep(poll)
+    proc.kill()
+    pytest.fail(f"timed out waiting for {what}")
+
+
+def _train_steps_written(out) -> int:
+    path = os.path.join(out, "metrics.jsonl")
+    if not os.path.exists(path):
+        return 0
+    with open(path) as f:
+        return sum(1 for line in f if line.endswith("\n") and '"split"' not in line)
+
+
+def _complete_checkpoints(out) -> list[str]:
+    if not os.path.isdir(out):
+        return []
+    return [n for n in os.listdir(out) if n.startswith("checkpoint-")
+            and os.path.isfile(os.path.join(out, n, "trainer_state.json"))]
+
+
+def _temporary_checkpoints(out) -> list[str]:
+    try:
+        return [e.name for e in os.scandir(out) if e.name.startswith(".tmp-checkpoint-")]
+    except FileNotFoundError:
+        return []
+
+
+def kill_at_random_step(cfg_path, out, log, total_steps: int, rng: random.Random) -> int:
+    """Start a run, wait for its first checkpoint, then SIGKILL it somewhere inside a random later step."""
+    proc = _start(cfg_path, log)
+    _wait_for(proc, lambda: _complete_checkpoints(out), "the first checkpoint")
+    target = rng.randint(_train_steps_written(out) + 1, total_steps - 4)  # leaves saves for the next kill
+    _wait_for(proc, lambda: _train_steps_written(out) >= target, f"step {target}")
+    time.sleep(rng.uniform(0.0, 0.03))  # anywhere inside the following step (or its evaluation / save)
+    _kill(proc)
+    return target
+
+
+def kill_during_save(cfg_path, out, log, *args: str) -> str:
+    """Start (or resume) a run and SIGKILL it while a checkpoint is being written; returns the half-written dir.
+    A save that completes between the poll and the kill is not a save interrupted: then the next one is tried."""
+    proc = _start(cfg_path, log, *args)
+    while True:
+        _wait_for(proc, lambda: _temporary_checkpoints(out), "a checkpoint save", poll=0.0005)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+        left = _temporary_checkpoints(out)
+        if left:
+            return left[0]
+        # the kill landed just after the rename: resume and try again
+        proc = _start(cfg_path, log, "--resume_from_checkpoint", "latest")
+
+
+def resume_to_end(cfg_path, log) -> None:
+    proc = _start(cfg_path, log, "--resume_from_checkpoint", "latest")
+    assert proc.wait(timeout=600) == 0, open(log).read()[-3000:]
+
+
+def assert_same_metrics(resumed: list[dict], reference: list[dict], tol: float = 1e-6) -> None:
+    assert [(r["step"], r.get("split")) for r in resumed] == [(r["step"], r.get("split")) for r in reference]
+    for a, b in zip(resumed, reference):
+        where = (b["step"], b.get("split"))
+        for key, v in b.items():
+            if key == "tokens_per_s":
+                continue
+            if isinstance(v, dict):
+                assert set(a[key]) == set(v), where
+                for task, x in v.items():
+                    y = a[key][task]
+                    assert (x is None) == (y is None), (where, key, task)
+                    if x is not None:
+                        assert abs(y - x) <= tol * max(abs(x), 1e-12), (where, key, task, y, x)
+            elif isinstance(v, float):
+                assert abs(a[key] - v) <= tol * max(abs(v), 1e-12), (where, key, a[key], v)
+            else:
+                assert a[key] == v, (where, key)
+
+
+def _same_weights(file_a: str, file_b: str) -> None:
+    from safetensors.torch import load_file
+
+    a, b = load_file(file_a), load_file(file_b)
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-6, atol=1e-7, msg=k)
+
+
+def test_sigkill_at_random_moment_and_during_a_save_then_resume_case3_lora(tiny_model_dir, tmp_path):
+    data = write_tasks(tmp_path / "data", {"a": 24, "b": 12, "c": 10})
+    extra = dict(weighted_loss_mode="case3", task_weights=[1, 2, 3], peft_type="lora", lora_rank=8, lora_alpha=16,
+                 lora_dropout=0.1)
+    reference = _config(tiny_model_dir, data, tmp_path / "reference", **extra)
+    train(reference)
+    ref = read_records(reference.output_dir)
+    total = len(train_records(ref))
+
+    cfg = _config(tiny_model_dir, data, tmp_path / "killed", **extra)
+    cfg_path, out, log = _write_json(cfg, tmp_path / "cfg.json"), cfg.output_dir, tmp_path / "run.log"
+    target = kill_at_random_step(cfg_path, out, log, total, random.Random())
+    assert not os.path.exists(os.path.join(out, "adapter_model.safetensors")), "the run finished before the kill"
+    assert _train_steps_written(out) < total
+    # the resumed run is killed again, this time while it writes a checkpoint, and resumed once more
+    half = kill_during_save(cfg_path, out, log, "--resume_from_checkpoint", "latest")
+    assert not os.path.isfile(os.path.join(out, half, "trainer_state.json"))
+    resume_to_end(cfg_path, log)
+
+    resumed = read_records(out)
+    assert_same_metrics(resumed, ref)
+    assert "resumed from" in open(log).read(), f"killed after step {target} but the second run did not resume"
+    _same_weights(os.path.join(out, "adapter_model.safetensors"),
+                  os.path.join(reference.output_dir, "adapter_model.safetensors"))
+
+    # TensorBoard: the killed run's steps after its checkpoint are purged, so each step shows once, as resumed
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    tb = EventAccumulator(os.path.join(out, "tensorboard"), size_guidance={"scalars": 0})
+    tb.Reload()
+    events = tb.Scalars("train/loss")
+    assert [e.step for e in events] == [r["step"] for r in train_records(resumed)]
+    for e, r in zip(events, train_records(resumed)):
+        assert e.value == pytest.approx(r["loss"], rel=1e-6)
+
+
+def test_sigkill_during_checkpoint_save_then_resume_coba(tiny_model_dir, tmp_path):
+    data = write_tasks(tmp_path / "data", {"a": 24, "b": 12, "c": 10})
+    extra = dict(weighted_loss_mode="coba", coba_warmup_steps=2, coba_history_length=4, coba_update_interval=1,
+                 checkpointing_steps=1, saving_limit=3)
+    reference = _config(tiny_model_dir, data, tmp_path / "reference", **extra)
+    train(reference)
+    ref = read_records(reference.output_dir)
+    # CoBa moved the weights before the kill can land, so a resume that lost its state would differ
+    assert len({tuple(r["task_weight"].values()) for r in train_records(ref)[2:]}) > 1
+
+    cfg = _config(tiny_model_dir, data, tmp_path / "killed", **extra)
+    cfg_path, out, log = _write_json(cfg, tmp_path / "cfg.json"), cfg.output_dir, tmp_path / "run.log"
+    half = kill_during_save(cfg_path, out, log)
+    assert not os.path.isfile(os.path.join(out, half, "trainer_state.json"))  # really cut during the save
+    resume_to_end(cfg_path, log)
+
+    assert_same_metrics(read_records(out), ref)
+    assert not _temporary_checkpoints(out)  # the half-written checkpoint did not survive
+    assert len(_complete_checkpoints(out)) == 3  # saving_limit
+    _same_weights(os.path.join(out, "model.safetensors"), os.path.join(reference.output_dir, "model.safetensors"))
+
+
+def test_resume_from_the_last_step_finishes_cleanly(tiny_model_dir, tmp_path):
+    """A run killed after its last checkpoint (e.g. while writing the final model) resumes with nothing left to
+    train: it still writes the final model and a summary."""
+    data = write_tasks(tmp_path / "data", {"a": 12, "b": 8})
+    cfg = make_cfg(tiny_model_dir, data, tmp_path / "out", checkpointing_steps=1, evaluation_steps=2)
+    first = train(cfg)
+    os.remove(os.path.join(cfg.output_dir, "model.safetensors"))
+    before = read_records(cfg.output_dir)
+    again = train(make_cfg(tiny_model_dir, data, tmp_path / "out", checkpointing_steps=1, evaluation_steps=2,
+                           resume_from_checkpoint="latest"))
+    assert again["steps"] == first["steps"]
+    assert os.path.isfile(os.path.join(cfg.output_dir, "model.safetensors"))
+    after = read_records(cfg.output_dir)
+    assert [r["step"] for r in train_records(after)] == [r["step"] for r in train_records(before)]
+    assert len(valid_records(after)) >= len(valid_records(before))
+
+
+def test_resume_latest_without_checkpoint_starts_fresh_and_bad_path_fails(tiny_model_dir, tmp_path):
+    data = write_tasks(tmp_path / "data", {"a": 12, "b": 8})
+    cfg = make_cfg(tiny_model_dir, data, tmp_path / "out", max_train_steps=2, resume_from_checkpoint="latest")
+    assert train(cfg)["steps"] == 2
+    with pytest.raises(ConfigError, match="not a complete checkpoint"):
+        train(make_cfg(tiny_model_dir, data, tmp_path / "out2", resume_from_checkpoint=str(tmp_path / "nope")))
+
+
+@pytest.mark.parametrize("peft_type", [None, "qlora"])
+def test_resume_from_an_explicit_older_checkpoint_in_process(tiny_model_dir, tmp_path, peft_type):
+    """Resuming from checkpoint-2 of a finished run (a path, not "latest") replays steps 3.. exactly: for full
+    fine-tuning and for QLoRA with dropout, whose checkpoint holds only the adapter."""
+    data = write_tasks(tmp_path / "data", {"a": 16, "b": 10})
+    extra = dict(peft_type="qlora", lora_rank=4, lora_alpha=8, lora_dropout=0.1) if peft_type else {}
+    cfg = _config(tiny_model_dir, data, tmp_path / "out", num_train_epochs=2, **extra)
+    train(cfg)
+    reference = read_records(cfg.output_dir)
+    weights = "adapter_model.safetensors" if peft_type else "model.safetensors"
+    os.rename(os.path.join(cfg.output_dir, weights), tmp_path / weights)
+    train(_config(tiny_model_dir, data, tmp_path / "out", num_train_epochs=2,
+                  resume_from_checkpoint=os.path.join(cfg.output_dir, "checkpoint-2"), **extra))
+    assert_same_metrics(read_records(cfg.output_dir), reference)
+    _same_weights(os.path.join(cfg.output_dir, weights), str(tmp_path / weights))
