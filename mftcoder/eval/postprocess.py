@@ -17,7 +17,7 @@ import textwrap
 COMPLETION_STOPS = ("\ndef ", "\nclass ", "\nif __name__", "\nprint(", "\n#")
 _FENCE = re.compile(r"```[ \t]*([A-Za-z0-9_+.-]*)[^\n]*\n(.*?)(?:\n[ \t]*```|\Z)", re.DOTALL)
 _PY_LANGS = {"", "python", "py", "python3", "py3"}
-_CODE_START = re.compile(r"^(def |async def |class |import |from \S+ import |@)")
+_CODE_START = re.compile(r"^(def |async def |class |import |from \S+ import |@|[A-Za-z_]\w*\s*(:[^=]+)?=[^=])")
 
 
 def _is_code_line(line: str) -> bool:
@@ -98,7 +98,8 @@ def _keep_definitions(tree: ast.Module, lines: list[str]) -> str:
 
 
 def _code_lines(candidate: str) -> list[str]:
-    """Lines from the first one that looks like code (skips a leading sentence such as 'Here is the code:')."""
+    """Lines from the first one that looks like code (skips a leading sentence such as 'Here is the code:');
+    all lines if none does."""
     lines = candidate.expandtabs(4).split("\n")
     for i, line in enumerate(lines):
         if _CODE_START.match(line) or (line[:1] == " " and _is_code_line(line)):
@@ -112,25 +113,24 @@ def _as_body(lines: list[str], prompt: str) -> str | None:
     body = "\n".join(lines).strip("\n")
     if not body.strip():
         return None
-    candidates = [body]
-    if body[:1] not in (" ", "\t"):
-        candidates.append(textwrap.indent(body, "    "))
+    # Unindented code is a body only once indented (as is, it would land at module level after the stub).
+    candidates = [body] if body[:1] in (" ", "\t") else [textwrap.indent(body, "    ")]
     for cand in candidates:
         cand_lines = cand.split("\n")
         for end in range(len(cand_lines), 0, -1):
             piece = "\n".join(cand_lines[:end])
             if not any(_is_code_line(ln) for ln in cand_lines[:end]):
                 break
-            try:
-                ast.parse(prompt + piece)
-                return piece + "\n"
+            try:  # compile, not just parse: a `return` outside a function must fail here
+                compile(prompt + piece, "<answer>", "exec", dont_inherit=True)
+                return piece.rstrip() + "\n"
             except (SyntaxError, ValueError):
                 continue
     return None
 
 
 def extract_from_chat(answer: str, prompt: str, entry_point: str) -> str:
-    """The completion (text appended to `prompt`) recovered from a chat answer; "" when none is found."""
+    """The completion (text appended to `prompt`) recovered from a chat answer."""
     blocks = _fenced_blocks(answer)
     if blocks:
         with_entry = [b for b in blocks if re.search(rf"\bdef\s+{re.escape(entry_point)}\s*\(", b)]
@@ -147,7 +147,10 @@ def extract_from_chat(answer: str, prompt: str, entry_point: str) -> str:
         body = _as_body(_code_lines(candidate), prompt)
         if body is not None:
             return body
-    return ""
+    # Nothing usable: keep the code (or text) as written, so the failure reads as what it is (a SyntaxError, say)
+    # rather than as a wrong result of the empty stub. Whatever parses was already taken above, so this never passes.
+    leftover = candidates[0].strip("\n")
+    return "\n" + leftover + "\n" if leftover.strip() else ""
 
 
 def to_completion(raw: str, prompt: str, entry_point: str, kind: str) -> str:

