@@ -10,7 +10,7 @@ import logging
 import math
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Optional
 
 import torch
@@ -40,7 +40,6 @@ class LoopState:
     coba: Optional[dict] = None
     probe_position: int = 0
     first_eval: Optional[dict] = None  # per-task validation loss before training (for the summary)
-    history: list = field(default_factory=list)
 
 
 def train(cfg: TrainConfig) -> dict:
