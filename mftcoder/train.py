@@ -10,8 +10,11 @@ import os
 import sys
 
 if __package__ in (None, ""):
-    # run as a script: make the repo root importable (nothing in mftcoder/ shadows a top-level package)
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    # run as a script, Python put mftcoder/ first on sys.path, where our config.py, data/, model/ ... could shadow
+    # top-level modules of dependencies: put the repo root there instead
+    _here = os.path.dirname(os.path.abspath(__file__))
+    sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != _here]
+    sys.path.insert(0, os.path.dirname(_here))
 
 
 def parse_args(argv=None) -> argparse.Namespace:
