@@ -240,3 +240,17 @@ def test_resume_from_an_explicit_older_checkpoint_in_process(tiny_model_dir, tmp
                   resume_from_checkpoint=os.path.join(cfg.output_dir, "checkpoint-2"), **extra))
     assert_same_metrics(read_records(cfg.output_dir), reference)
     _same_weights(os.path.join(cfg.output_dir, weights), str(tmp_path / weights))
+
+
+def test_resume_with_a_different_global_batch_or_seed_is_refused(tiny_model_dir, tmp_path):
+    paths = write_tasks(tmp_path / "data", {"a": 40, "b": 24})
+    out = tmp_path / "run"
+    train(make_cfg(tiny_model_dir, paths, out, checkpointing_steps=2, max_train_steps=2))
+    with pytest.raises(ConfigError, match="global_batch_size"):
+        train(make_cfg(tiny_model_dir, paths, out, per_device_train_batch_size=2, resume_from_checkpoint="latest"))
+    with pytest.raises(ConfigError, match="seed"):
+        train(make_cfg(tiny_model_dir, paths, out, seed=7, resume_from_checkpoint="latest"))
+    # the same global batch split differently is the same run: accepted
+    summary = train(make_cfg(tiny_model_dir, paths, out, per_device_train_batch_size=8, gradient_accumulation_steps=1,
+                             max_train_steps=3, resume_from_checkpoint="latest"))
+    assert summary["steps"] == 3

@@ -70,11 +70,16 @@ def save_checkpoint(acc, output_dir: str, step: int, trainer_state: dict, schedu
     return final
 
 
+def read_loop_state(path: str) -> dict:
+    """The loop's saved state alone (cheap: no weights), to check a resume before the model loads."""
+    return torch.load(os.path.join(path, "loop_state.pt"), weights_only=False)
+
+
 def load_checkpoint(acc, path: str, scheduler) -> dict:
     with _only_trainable_weights(acc):
         acc.load_state(path)
     scheduler.load_state_dict(torch.load(os.path.join(path, "scheduler_state.pt"), weights_only=False))
-    return torch.load(os.path.join(path, "loop_state.pt"), weights_only=False)
+    return read_loop_state(path)
 
 
 def _trainable_names(model) -> set[str] | None:

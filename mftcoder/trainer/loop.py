@@ -25,7 +25,7 @@ from mftcoder.model.load import load_model
 from mftcoder.model.tokenizer import load_tokenizer
 from mftcoder.trainer import backend
 from mftcoder.trainer.batches import TrainBatches, ValidProbe, eval_units, shard_eval
-from mftcoder.trainer.checkpoint import load_checkpoint, resolve_resume, save_checkpoint
+from mftcoder.trainer.checkpoint import load_checkpoint, read_loop_state, resolve_resume, save_checkpoint
 from mftcoder.trainer.metrics import MetricsLog
 from mftcoder.trainer.optim import check_scheduler, make_optimizer, make_scheduler
 
@@ -40,6 +40,7 @@ class LoopState:
     coba: Optional[dict] = None
     probe_position: int = 0
     first_eval: Optional[dict] = None  # per-task validation loss before training (for the summary)
+    sampler: Optional[dict] = None     # the sampler's settings: a resume with other data or batch geometry is refused
 
 
 def train(cfg: TrainConfig) -> dict:
@@ -71,6 +72,8 @@ def train(cfg: TrainConfig) -> dict:
         total_steps = min(total_steps, cfg.max_train_steps)
     check_scheduler(cfg, total_steps)  # a bad schedule or resume path fails here, before the model loads
     resume_path = resolve_resume(cfg.resume_from_checkpoint, cfg.output_dir, cfg.auto_resume)
+    if resume_path:
+        _check_resume_matches(resume_path, batches)
 
     # --- model, optimiser, schedule ------------------------------------------------------------------------------------
     model, attn = load_model(cfg, mixed_precision=acc.mixed_precision, device=acc.device,
@@ -186,6 +189,7 @@ def train(cfg: TrainConfig) -> dict:
         if (cfg.checkpointing_steps and state.step % cfg.checkpointing_steps == 0) or epoch_end:
             state.coba = coba.state_dict() if coba is not None else None
             state.probe_position = probe.position
+            state.sampler = {**batches.sampler.state_dict(), "step": state.step}
             save_checkpoint(acc, cfg.output_dir, state.step, {"step": state.step, "loop": vars(state).copy()},
                             scheduler, cfg.model_dump(mode="json"), cfg.saving_limit)
         if stop_reason.startswith("early"):
@@ -208,6 +212,17 @@ def train(cfg: TrainConfig) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------------------------------
+
+
+def _check_resume_matches(path: str, batches: TrainBatches) -> None:
+    """The batches after a resume must be the ones the interrupted run would have seen."""
+    saved = read_loop_state(path)["loop"].get("sampler")
+    if saved:
+        try:
+            batches.sampler.load_state_dict(saved)
+        except ValueError as e:
+            raise ConfigError(f"resume_from_checkpoint {path!r}: {e} (data, task sampling, seed or global batch "
+                              "= micro x accumulation x processes changed since the checkpoint)") from None
 
 
 def _all_reduce(acc, tensor: torch.Tensor) -> torch.Tensor:
