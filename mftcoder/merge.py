@@ -22,6 +22,8 @@ import shutil
 import sys
 import tempfile
 
+from mftcoder.errors import USER_ERRORS, run_reporting_errors
+
 ADAPTER_CONFIG = "adapter_config.json"
 _WEIGHT_FILES = ("adapter_model.safetensors", "adapter_model.bin")
 _WRAPPERS = re.compile(r"(^|\.)(module|_fsdp_wrapped_module|_checkpoint_wrapped_module|_orig_mod)\.")
@@ -186,11 +188,7 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
 
 def run(args: argparse.Namespace) -> int:
     """Entry point for `mftcoder merge`: bad input gives one clear error line and exit status 2."""
-    try:
-        return _run(args)
-    except (ValueError, FileNotFoundError, FileExistsError) as e:
-        print(f"mftcoder merge: error: {e}", file=sys.stderr)
-        return 2
+    return run_reporting_errors("mftcoder merge", _run, args, USER_ERRORS + (FileExistsError,))
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -4,6 +4,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from mftcoder.errors import run_reporting_errors
+
 
 def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
     from mftcoder.eval import humaneval
@@ -18,11 +20,7 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
 
 def run(args: argparse.Namespace) -> int:
     """Entry point for `mftcoder eval`: bad input gives one clear error line and exit status 2."""
-    try:
-        return _run(args)
-    except (ValueError, FileNotFoundError) as e:
-        print(f"mftcoder eval: error: {e}", file=sys.stderr)
-        return 2
+    return run_reporting_errors("mftcoder eval", _run, args)
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -19,6 +19,7 @@ import time
 from collections import Counter
 from typing import Sequence
 
+from mftcoder.errors import run_reporting_errors
 from mftcoder.eval.passk import pass_at_k
 from mftcoder.eval.problems import Problem, humaneval_path, load_problems
 from mftcoder.eval.sandbox import FAILED, PASSED, TIMED_OUT, SandboxLimits, check_sandbox, run_programs
@@ -233,11 +234,7 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
 
 def run(args: argparse.Namespace) -> int:
     """Entry point for `mftcoder eval humaneval`: bad input gives one clear error line and exit status 2."""
-    try:
-        return _run(args)
-    except (ValueError, FileNotFoundError) as e:
-        print(f"mftcoder eval humaneval: error: {e}", file=sys.stderr)
-        return 2
+    return run_reporting_errors("mftcoder eval humaneval", _run, args)
 
 
 def _run(args: argparse.Namespace) -> int:

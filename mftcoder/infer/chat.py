@@ -12,6 +12,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
+from mftcoder.errors import run_reporting_errors
 from mftcoder.infer.generate import (
     GenerationSettings,
     _stop_token_ids,
@@ -120,11 +121,7 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
 
 def run(args: argparse.Namespace) -> int:
     """Entry point for `mftcoder chat`: bad input gives one clear error line and exit status 2."""
-    try:
-        return _run(args)
-    except (ValueError, FileNotFoundError) as e:
-        print(f"mftcoder chat: error: {e}", file=sys.stderr)
-        return 2
+    return run_reporting_errors("mftcoder chat", _run, args)
 
 
 def _run(args: argparse.Namespace) -> int:

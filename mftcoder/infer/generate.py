@@ -20,6 +20,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Callable, Sequence
 
+from mftcoder.errors import run_reporting_errors
+
 PROMPT_KEYS = ("prompt", "instruction", "question", "query")
 _ROLE_MAP = {"human": "user", "user": "user", "bot": "assistant", "assistant": "assistant", "gpt": "assistant",
              "system": "system"}
@@ -380,11 +382,7 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
 
 def run(args: argparse.Namespace) -> int:
     """Entry point for `mftcoder generate`: bad input gives one clear error line and exit status 2."""
-    try:
-        return _run(args)
-    except (ValueError, FileNotFoundError) as e:
-        print(f"mftcoder generate: error: {e}", file=sys.stderr)
-        return 2
+    return run_reporting_errors("mftcoder generate", _run, args)
 
 
 def _run(args: argparse.Namespace) -> int:
