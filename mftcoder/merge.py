@@ -125,7 +125,6 @@ def merge_adapter(base: str, adapter: str, output: str, dtype: str = "auto", ove
     """Merge `adapter` into `base` in `dtype` (auto: the base's saved dtype) and save to `output`; returns it.
 
     Written to a temporary directory beside `output` and renamed when complete."""
-    import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
     from mftcoder.infer.generate import load_tokenizer

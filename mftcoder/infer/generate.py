@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Callable, Sequence
 
 from mftcoder.errors import run_reporting_errors
+from mftcoder.jsonl import iter_json_objects
 
 PROMPT_KEYS = ("prompt", "instruction", "question", "query")
 _ROLE_MAP = {"human": "user", "user": "user", "bot": "assistant", "assistant": "assistant", "gpt": "assistant",
@@ -335,22 +336,8 @@ def generate_texts(
 
 
 # ---------------------------------------------------------------------------------------------- CLI
-def read_jsonl(path: str) -> list[dict]:
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"input file {path} does not exist")
-    records = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
-            if not isinstance(rec, dict):
-                raise ValueError(f"{path}:{lineno}: expected a JSON object")
-            records.append((lineno, rec))
-    return records
+def read_jsonl(path: str) -> list[tuple[int, dict]]:
+    return list(iter_json_objects(path, "input"))
 
 
 def add_generation_args(parser: argparse.ArgumentParser, max_new_tokens: int = 512) -> None:
