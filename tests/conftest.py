@@ -26,3 +26,20 @@ def tiny_tokenizer(tiny_model_dir):
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(tiny_model_dir)
+
+
+@pytest.fixture(scope="session")
+def tiny_chat_model_dir(tiny_model_dir, tmp_path_factory):
+    """The tiny model with the chat template training saves (MFTCoder role tags), as a trained model directory has."""
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    from mftcoder.data.template import attach_chat_template, get_template
+
+    out = str(tmp_path_factory.mktemp("tiny-chat"))
+    shutil.copytree(tiny_model_dir, out, dirs_exist_ok=True)
+    tok = AutoTokenizer.from_pretrained(out)
+    attach_chat_template(tok, get_template("mftcoder", tok))
+    tok.save_pretrained(out)
+    return out

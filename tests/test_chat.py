@@ -6,16 +6,11 @@ import sys
 
 import pytest
 
+from mftcoder.data.template import attach_chat_template, get_template
 from mftcoder.infer.chat import ChatSession
 from mftcoder.infer.generate import GenerationSettings, load_model
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-MFT_TEMPLATE = (
-    "{% for m in messages %}{% if m['role'] == 'system' %}{{ '<s>system\\n' + m['content'] + '\\n' }}"
-    "{% elif m['role'] == 'user' %}{{ '<s>human\\n' + m['content'] + '\\n' }}"
-    "{% else %}{{ '<s>bot\\n' + m['content'] + '\\n' + eos_token + '\\n' }}{% endif %}{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<s>bot\\n' }}{% endif %}"
-)
 STATS = re.compile(r"\(context (\d+) tokens, (\d+) new tokens, [\d.]+ tokens/s\)")
 
 
@@ -32,7 +27,7 @@ def chat_model_dir(tiny_model_dir, tmp_path_factory):
     out = str(tmp_path_factory.mktemp("tiny-chat"))
     shutil.copytree(tiny_model_dir, out, dirs_exist_ok=True)
     tok = AutoTokenizer.from_pretrained(out)
-    tok.chat_template = MFT_TEMPLATE
+    attach_chat_template(tok, get_template("mftcoder", tok))  # what training saves
     tok.save_pretrained(out)
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_pretrained(out)

@@ -1,6 +1,5 @@
 import json
 import os
-import shutil
 import subprocess
 import sys
 
@@ -17,28 +16,8 @@ from mftcoder.infer.generate import (
 )
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# The shape of the template training saves (MFTCoder role tags); the test only needs a real Jinja template.
-MFT_TEMPLATE = (
-    "{% for m in messages %}{% if m['role'] == 'system' %}{{ '<s>system\\n' + m['content'] + '\\n' }}"
-    "{% elif m['role'] == 'user' %}{{ '<s>human\\n' + m['content'] + '\\n' }}"
-    "{% else %}{{ '<s>bot\\n' + m['content'] + '\\n' + eos_token + '\\n' }}{% endif %}{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<s>bot\\n' }}{% endif %}"
-)
 PROMPTS = ["def add_1(a, b):\n", "The quick brown fox number 7 jumps", "def", "<s>human\nWrite a function.\n<s>bot\n",
            "The quick"]
-
-
-@pytest.fixture(scope="module")
-def chat_model_dir(tiny_model_dir, tmp_path_factory):
-    """The tiny model with a chat template, as a trained model directory would have."""
-    from transformers import AutoTokenizer
-
-    out = str(tmp_path_factory.mktemp("tiny-chat"))
-    shutil.copytree(tiny_model_dir, out, dirs_exist_ok=True)
-    tok = AutoTokenizer.from_pretrained(out)
-    tok.chat_template = MFT_TEMPLATE
-    tok.save_pretrained(out)
-    return out
 
 
 @pytest.fixture(scope="module")
@@ -123,10 +102,10 @@ def test_invalid_settings(kwargs, match):
         GenerationSettings(**kwargs)
 
 
-def test_records_map_to_messages_and_render_with_the_training_template(chat_model_dir):
+def test_records_map_to_messages_and_render_with_the_training_template(tiny_chat_model_dir):
     from transformers import AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(chat_model_dir)
+    tok = AutoTokenizer.from_pretrained(tiny_chat_model_dir)
     rounds = {"chat_rounds": [{"role": "system", "content": "S"}, {"role": "human", "content": "Q1"},
                               {"role": "bot", "content": "A1"}, {"role": "human", "content": "Q2"}]}
     msgs = record_messages(rounds)
@@ -145,7 +124,7 @@ def _cli(args, **kw):
                           cwd=REPO, env=env, timeout=300, **kw)
 
 
-def test_cli_generates_jsonl_with_template_and_reports_speed(chat_model_dir, tmp_path):
+def test_cli_generates_jsonl_with_template_and_reports_speed(tiny_chat_model_dir, tmp_path):
     from transformers import AutoTokenizer
 
     rows = [{"id": 1, "prompt": "Write a function."},
@@ -153,14 +132,14 @@ def test_cli_generates_jsonl_with_template_and_reports_speed(chat_model_dir, tmp
             {"id": 3, "chat_rounds": [{"role": "human", "content": "hello"}]}]
     inp, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
     inp.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    res = _cli(["--model", chat_model_dir, "--input", str(inp), "--output", str(out), "--max_new_tokens", "10",
+    res = _cli(["--model", tiny_chat_model_dir, "--input", str(inp), "--output", str(out), "--max_new_tokens", "10",
                 "--batch_size", "2"])
     assert res.returncode == 0, res.stderr
     assert "tokens/s" in res.stderr
     lines = [json.loads(l) for l in out.read_text().splitlines()]
     assert [l["id"] for l in lines] == [1, 2, 3] and all(isinstance(l["output"], str) for l in lines)
     # The CLI's answers are those of the library on the template-rendered prompts.
-    model, tok = load_model(chat_model_dir)
+    model, tok = load_model(tiny_chat_model_dir)
     prompts = [render_messages(tok, record_messages(r)) for r in rows]
     assert prompts[0] == "<s>human\nWrite a function.\n<s>bot\n"
     expected = generate_texts(model, tok, prompts, GenerationSettings(max_new_tokens=10), progress=False)

@@ -2,22 +2,17 @@
 pinned prompt formats, and a generate-and-score run on the tiny model that is reproducible."""
 import json
 import os
-import shutil
 import subprocess
 import sys
 
 import pytest
 
+from mftcoder.data.template import get_template
 from mftcoder.eval.humaneval import build_parser, evaluate
 from mftcoder.eval.problems import load_problems
 from mftcoder.eval.prompts import FORMATS, get_format, resolve_format
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-MFT_TEMPLATE = (
-    "{% for m in messages %}{% if m['role'] == 'user' %}{{ '<s>human\\n' + m['content'] + '\\n' }}"
-    "{% else %}{{ '<s>bot\\n' + m['content'] + '\\n' + eos_token + '\\n' }}{% endif %}{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<s>bot\\n' }}{% endif %}"
-)
 
 
 def _eval(*argv):
@@ -123,7 +118,7 @@ def test_auto_format_follows_the_chat_template(tiny_tokenizer):
     try:
         tok.chat_template = None
         assert resolve_format("auto", tok).name == "completion"
-        tok.chat_template = MFT_TEMPLATE
+        tok.chat_template = get_template("mftcoder", tok).jinja  # what training saves
         assert resolve_format("auto", tok).name == "mftcoder"
         tok.chat_template = "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
         assert resolve_format("auto", tok).name == "chat"
@@ -133,27 +128,15 @@ def test_auto_format_follows_the_chat_template(tiny_tokenizer):
 
 
 # ------------------------------------------------------------------------------------------- with a model
-@pytest.fixture(scope="module")
-def mft_model_dir(tiny_model_dir, tmp_path_factory):
-    from transformers import AutoTokenizer
-
-    out = str(tmp_path_factory.mktemp("tiny-mft"))
-    shutil.copytree(tiny_model_dir, out, dirs_exist_ok=True)
-    tok = AutoTokenizer.from_pretrained(out)
-    tok.chat_template = MFT_TEMPLATE
-    tok.save_pretrained(out)
-    return out
-
-
-def test_generate_and_score_is_reproducible_and_records_its_settings(mft_model_dir, tmp_path):
-    args = ["--model", mft_model_dir, "--limit", "3", "--max_new_tokens", "24", "--k", "1", "--timeout", "5"]
+def test_generate_and_score_is_reproducible_and_records_its_settings(tiny_chat_model_dir, tmp_path):
+    args = ["--model", tiny_chat_model_dir, "--limit", "3", "--max_new_tokens", "24", "--k", "1", "--timeout", "5"]
     first = _eval(*args, "--out", str(tmp_path / "a.json"))
     second = _eval(*args, "--batch_size", "2", "--out", str(tmp_path / "b.json"))
     assert first["prompt_format"]["name"] == "mftcoder" and first["prompt_format"]["requested"] == "auto"
     problem = load_problems(limit=1)[0]
     assert first["prompt_format"]["example"] == f"<s>human\n# language: Python\n{problem.prompt}\n<s>bot\n"
     assert first["generation"]["do_sample"] is False and first["generation"]["max_new_tokens"] == 24
-    assert first["model"] == os.path.abspath(mft_model_dir) and first["n_problems"] == 3
+    assert first["model"] == os.path.abspath(tiny_chat_model_dir) and first["n_problems"] == 3
     strip = lambda pp: {t: [(r["status"], r["error"]) for r in e["results"]] for t, e in pp.items()}  # noqa: E731
     assert strip(first["per_problem"]) == strip(second["per_problem"])
     a = (tmp_path / "a.samples.jsonl").read_text().splitlines()
