@@ -254,3 +254,27 @@ def test_resume_with_a_different_global_batch_or_seed_is_refused(tiny_model_dir,
     summary = train(make_cfg(tiny_model_dir, paths, out, per_device_train_batch_size=8, gradient_accumulation_steps=1,
                              max_train_steps=3, resume_from_checkpoint="latest"))
     assert summary["steps"] == 3
+
+
+def test_resume_on_edited_data_is_refused_but_moved_data_is_accepted(tiny_model_dir, tmp_path):
+    import shutil
+
+    paths = write_tasks(tmp_path / "data", {"a": 40, "b": 24})
+    out = tmp_path / "run"
+    train(make_cfg(tiny_model_dir, paths, out, checkpointing_steps=2, max_train_steps=2))
+    # the same data under another root (copied, new mtimes): the same tokens, so the resume goes on
+    moved = tmp_path / "moved"
+    shutil.copytree(tmp_path / "data", moved)
+    moved_paths = [str(moved / os.path.basename(p)) for p in paths]
+    summary = train(make_cfg(tiny_model_dir, moved_paths, out, checkpointing_steps=2, max_train_steps=3,
+                             resume_from_checkpoint=os.path.join(out, "checkpoint-2")))
+    assert summary["steps"] == 3
+    # one character edited: the same line and sample counts (the sampler cannot tell), other tokens: refused
+    target = os.path.join(moved_paths[1], "train.jsonl")
+    text = open(target).read()
+    index = text.index('"bot"') + len('"bot", "content": "') + 2
+    with open(target, "w") as f:
+        f.write(text[:index] + ("Z" if text[index] != "Z" else "Y") + text[index + 1:])
+    with pytest.raises(ConfigError, match="training data changed"):
+        train(make_cfg(tiny_model_dir, moved_paths, out, max_train_steps=4,
+                      resume_from_checkpoint=os.path.join(out, "checkpoint-2")))

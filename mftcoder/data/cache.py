@@ -108,6 +108,12 @@ def data_fingerprint(cfg: TrainConfig, tasks: list[Task], tokenizer) -> tuple[st
     return digest, inputs
 
 
+def content_digest(inputs: dict) -> str:
+    """The fingerprint inputs without where the files lie, in task order: what a resume must see unchanged."""
+    located = {**inputs, "files": [[name, digest] for name, _path, digest in inputs["files"]]}
+    return hashlib.sha256(json.dumps(located, sort_keys=True).encode()).hexdigest()[:20]
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # tokenising workers
 
@@ -237,6 +243,7 @@ class TokenizedData:
     stats: dict
     cache_path: str
     from_cache: bool
+    content_digest: str = ""  # the tokens' identity without file paths: moved data keeps it, edited data does not
 
     @property
     def task_names(self) -> list[str]:
@@ -325,7 +332,8 @@ def load_or_build(cfg: TrainConfig, tokenizer, *, num_workers: Optional[int] = N
     if os.path.isfile(meta_path):
         with open(meta_path) as f:
             meta = json.load(f)
-        data = TokenizedData(_load(path, tasks), meta["stats"], path, from_cache=True)
+        data = TokenizedData(_load(path, tasks), meta["stats"], path, from_cache=True,
+                             content_digest=content_digest(inputs))
         warn_small_tasks(cfg, data)  # the run that loads the cache needs to hear it as much as preprocess did
         return data
     for t in tasks:
@@ -346,7 +354,7 @@ def load_or_build(cfg: TrainConfig, tokenizer, *, num_workers: Optional[int] = N
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    data = TokenizedData(_load(path, tasks), stats, path, from_cache=False)
+    data = TokenizedData(_load(path, tasks), stats, path, from_cache=False, content_digest=content_digest(inputs))
     warn_small_tasks(cfg, data)
     return data
 

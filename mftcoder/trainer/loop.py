@@ -41,6 +41,7 @@ class LoopState:
     probe_position: int = 0
     first_eval: Optional[dict] = None  # per-task validation loss before training (for the summary)
     sampler: Optional[dict] = None     # the sampler's settings: a resume with other data or batch geometry is refused
+    data_digest: Optional[str] = None  # the tokenised data's content: a resume on edited data is refused
 
 
 def train(cfg: TrainConfig) -> dict:
@@ -73,7 +74,7 @@ def train(cfg: TrainConfig) -> dict:
     check_scheduler(cfg, total_steps)  # a bad schedule or resume path fails here, before the model loads
     resume_path = resolve_resume(cfg.resume_from_checkpoint, cfg.output_dir, cfg.auto_resume)
     if resume_path:
-        _check_resume_matches(resume_path, batches)
+        _check_resume_matches(resume_path, batches, data.content_digest)
 
     # --- model, optimiser, schedule ------------------------------------------------------------------------------------
     model, attn = load_model(cfg, mixed_precision=acc.mixed_precision, device=acc.device,
@@ -190,6 +191,7 @@ def train(cfg: TrainConfig) -> dict:
             state.coba = coba.state_dict() if coba is not None else None
             state.probe_position = probe.position
             state.sampler = {**batches.sampler.state_dict(), "step": state.step}
+            state.data_digest = data.content_digest
             save_checkpoint(acc, cfg.output_dir, state.step, {"step": state.step, "loop": vars(state).copy()},
                             scheduler, cfg.model_dump(mode="json"), cfg.saving_limit)
         if stop_reason.startswith("early"):
@@ -214,9 +216,14 @@ def train(cfg: TrainConfig) -> dict:
 # ---------------------------------------------------------------------------------------------------------------------
 
 
-def _check_resume_matches(path: str, batches: TrainBatches) -> None:
+def _check_resume_matches(path: str, batches: TrainBatches, data_digest: str) -> None:
     """The batches after a resume must be the ones the interrupted run would have seen."""
-    saved = read_loop_state(path)["loop"].get("sampler")
+    loop = read_loop_state(path)["loop"]
+    if loop.get("data_digest") and loop["data_digest"] != data_digest:
+        raise ConfigError(f"resume_from_checkpoint {path!r}: the training data changed since the checkpoint (file "
+                          "contents, tokenizer, template, seq_length or data_split differ), so the batches after the "
+                          "resume would not be the interrupted run's; restore the data or start a new output_dir")
+    saved = loop.get("sampler")
     if saved:
         try:
             batches.sampler.load_state_dict(saved)
