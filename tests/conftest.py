@@ -1,6 +1,7 @@
 import os
 
 import pytest
+import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -43,3 +44,13 @@ def tiny_chat_model_dir(tiny_model_dir, tmp_path_factory):
     attach_chat_template(tok, get_template("mftcoder", tok))
     tok.save_pretrained(out)
     return out
+
+
+@pytest.fixture
+def one_thread(monkeypatch):
+    """Tiny models run fastest on one thread, and a busy 2-core machine does not thrash (train() reads
+    OMP_NUM_THREADS when it starts); the thread count is restored afterwards."""
+    before = torch.get_num_threads()
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    yield
+    torch.set_num_threads(before)

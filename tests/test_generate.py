@@ -125,8 +125,6 @@ def _cli(args, **kw):
 
 
 def test_cli_generates_jsonl_with_template_and_reports_speed(tiny_chat_model_dir, tmp_path):
-    from transformers import AutoTokenizer
-
     rows = [{"id": 1, "prompt": "Write a function."},
             {"id": 2, "messages": [{"role": "user", "content": "add two numbers"}]},
             {"id": 3, "chat_rounds": [{"role": "human", "content": "hello"}]}]

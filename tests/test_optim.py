@@ -11,7 +11,9 @@ import torch
 from mftcoder.config import ConfigError, parse_config
 from mftcoder.trainer.loop import train
 from mftcoder.trainer.optim import check_scheduler, make_optimizer, make_scheduler, warmup_steps
-from test_train_loop import make_cfg, one_thread, read_records, train_records, write_tasks  # noqa: F401
+from train_helpers import make_cfg, read_records, train_records, write_tasks
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one thread each, restored after
 
 LR, MIN_LR = 1e-3, 1e-4
 

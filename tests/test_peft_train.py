@@ -9,7 +9,9 @@ import torch
 from safetensors.torch import load_file
 
 from mftcoder.trainer.loop import train
-from test_train_loop import make_cfg, one_thread, read_records, rel, train_records, write_tasks  # noqa: F401
+from train_helpers import make_cfg, read_records, rel, train_records, write_tasks
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one thread each, restored after
 
 ALL_LINEAR = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
 

@@ -17,7 +17,9 @@ import torch
 
 from mftcoder.config import ConfigError
 from mftcoder.trainer.loop import train
-from test_train_loop import make_cfg, one_thread, read_records, train_records, valid_records, write_tasks  # noqa: F401
+from train_helpers import make_cfg, read_records, train_records, valid_records, write_tasks
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one thread each, restored after
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 THREADS = "1"  # the in-process reference runs (fixture one_thread) and the subprocesses: the same float reductions

@@ -13,7 +13,9 @@ import pytest
 from mftcoder.config import ConfigError, parse_config
 from mftcoder.train import main
 from mftcoder.trainer.loop import train
-from test_train_loop import one_thread, write_tasks  # noqa: F401
+from train_helpers import write_tasks
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one thread each, restored after
 
 
 @pytest.fixture(scope="module")

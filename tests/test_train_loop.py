@@ -15,110 +15,24 @@ import os
 
 import pytest
 import torch
-import torch.nn.functional as F
 
-from mftcoder.config import parse_config
 from mftcoder.trainer.loop import train
+from train_helpers import (data_and_batches, make_cfg, read_records, rel, sample_losses, train_records, valid_records,
+                           write_tasks)
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one thread each, restored after
 
 TRAIN_KEYS = {"step", "epoch", "loss", "lr", "grad_norm", "tokens", "tokens_per_s", "task_loss", "task_weight"}
 
 
-@pytest.fixture(autouse=True)
-def one_thread(monkeypatch):
-    """Tiny models run fastest on one thread, and a busy 2-core machine does not thrash (train() reads
-    OMP_NUM_THREADS when it starts); the thread count is restored afterwards."""
-    before = torch.get_num_threads()
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    yield
-    torch.set_num_threads(before)
-
-
 # ---- data and configs ------------------------------------------------------------------------------------------------
-
-def _line(style: int, i: int) -> dict:
-    if style == 0:
-        rounds = [{"role": "human", "content": f"add {i} to x"},
-                  {"role": "bot", "content": f"def add_{i}(x):\n    return x + {i}"}]
-    elif style == 1:
-        rounds = [{"role": "human", "content": f"The quick brown fox number {i}"},
-                  {"role": "bot", "content": "jumps over the lazy dog. " * (1 + i % 4)}]
-    else:
-        rounds = [{"role": "human", "content": f"Write a function {i}."},
-                  {"role": "bot", "content": f"assert f({i}) == {2 * i}"},
-                  {"role": "human", "content": "again"},
-                  {"role": "bot", "content": f"def add_{i}(a, b):\n    return a + b + {i}"}]
-    return {"chat_rounds": rounds}
-
-
-def write_tasks(root, sizes: dict[str, int]) -> list[str]:
-    """One folder of chat_rounds jsonl per task; task k uses line style k % 3 (different lengths per task)."""
-    paths = []
-    for k, (name, n) in enumerate(sizes.items()):
-        folder = os.path.join(str(root), name)
-        os.makedirs(folder, exist_ok=True)
-        with open(os.path.join(folder, "train.jsonl"), "w") as f:
-            for i in range(n):
-                f.write(json.dumps(_line(k % 3, i)) + "\n")
-        paths.append(folder)
-    return paths
-
 
 @pytest.fixture(scope="module")
 def three_tasks(tmp_path_factory):
     return write_tasks(tmp_path_factory.mktemp("tasks3"), {"a": 24, "b": 12, "c": 10})
 
 
-def make_cfg(model_dir, data_paths, output_dir, **overrides):
-    base = dict(data_paths=data_paths, output_dir=str(output_dir), pretrained_model_path=model_dir, seq_length=64,
-                per_device_train_batch_size=4, gradient_accumulation_steps=2, learning_rate=3e-3, min_lr=1e-4,
-                num_train_epochs=1, data_split="80,20,0", evaluation_steps=None, checkpointing_steps=None,
-                num_warmup_steps=0)
-    base.update(overrides)
-    return parse_config(base)
-
-
-def read_records(output_dir) -> list[dict]:
-    with open(os.path.join(str(output_dir), "metrics.jsonl")) as f:
-        return [json.loads(line) for line in f]
-
-
-def train_records(records):
-    return [r for r in records if r.get("split") is None]
-
-
-def valid_records(records):
-    return [r for r in records if r.get("split") == "valid"]
-
-
 # ---- the independent computation -----------------------------------------------------------------------------------
-
-def _data_and_batches(cfg):
-    """The tokenised data and the micro-batches of step 0, built the way the loop builds them."""
-    from mftcoder.data.prepare import prepare_data
-    from mftcoder.data.template import attach_chat_template, get_template
-    from mftcoder.model.tokenizer import load_tokenizer
-    from mftcoder.trainer.batches import TrainBatches
-
-    tok = load_tokenizer(cfg.pretrained_model_path)
-    attach_chat_template(tok, get_template(cfg.template, tok, cfg.role_markers))
-    data = prepare_data(cfg, tok, progress=False, verbose=False)
-    return data, TrainBatches(data, cfg, 0, 1, tok.pad_token_id)
-
-
-def _sample_losses(model, micro_batches) -> list[tuple[int, torch.Tensor]]:
-    """(task, per-token CE of its trained tokens) for every sample, from the model's full logits."""
-    out = []
-    for mb in micro_batches:
-        logits = model(input_ids=mb["input_ids"], position_ids=mb["position_ids"], attention_mask=None,
-                       use_cache=False).logits
-        tl = F.cross_entropy(logits.flatten(0, 1).float(), mb["labels"].flatten(), ignore_index=-100,
-                             reduction="none").view(mb["labels"].shape)
-        for s, task in enumerate(mb["sample_task_ids"].tolist()):
-            trained = (mb["sample_ids"] == s) & (mb["labels"] != -100)
-            if trained.any():
-                out.append((task, tl[trained]))
-    return out
-
 
 def hand_step_loss(samples, mode: str, weights: list[float], K: int):
     """The formulas of the README, written out over samples; returns (loss tensor, per-task token means)."""
@@ -149,10 +63,6 @@ def _grad_norm(model) -> float:
     return math.sqrt(sum(float(p.grad.double().pow(2).sum()) for p in model.parameters() if p.grad is not None))
 
 
-def rel(a, b) -> float:
-    return abs(a - b) / max(abs(b), 1e-12)
-
-
 # ---- pinned numbers -------------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("mode,padding_mode", [
@@ -168,10 +78,10 @@ def test_first_step_matches_hand_computation(tiny_model_dir, three_tasks, tmp_pa
     records = read_records(cfg.output_dir)
     step1 = train_records(records)[0]
 
-    data, batches = _data_and_batches(cfg)
+    data, batches = data_and_batches(cfg)
     micro = batches.micro_batches(0)
     model = _initial_model(tiny_model_dir)
-    samples = _sample_losses(model, micro)
+    samples = sample_losses(model, micro)
     K = 3
     present = sorted({t for t, _ in samples})
     assert len(present) >= 2, "the step must mix tasks for the weights to matter"
@@ -209,7 +119,7 @@ def test_first_step_matches_hand_computation(tiny_model_dir, three_tasks, tmp_pa
                 assert v0["task_loss"][n] is None
                 continue
             units = [(k, i) for i in range(len(store))]
-            vs = _sample_losses(model, [batches.collate_units(units, "valid")])
+            vs = sample_losses(model, [batches.collate_units(units, "valid")])
             hand = float(sum(l.sum() for _, l in vs)) / sum(len(l) for _, l in vs)
             assert rel(v0["task_loss"][n], hand) < 1e-5
 
@@ -226,7 +136,7 @@ def test_case3_weights_apply_with_single_task_micro_batches(tiny_model_dir, tmp_
         train(cfg)
         losses[weights[1]] = train_records(read_records(cfg.output_dir))[0]
 
-    _, batches = _data_and_batches(cfg)
+    _, batches = data_and_batches(cfg)
     micro = batches.micro_batches(0)
     tasks_per_micro = [set(mb["sample_task_ids"].tolist()) for mb in micro]
     assert all(len(t) == 1 for t in tasks_per_micro), tasks_per_micro  # every micro-batch holds one task
@@ -235,7 +145,7 @@ def test_case3_weights_apply_with_single_task_micro_batches(tiny_model_dir, tmp_
     grad_norms = {}
     for w_b in (1.0, 3.0):
         model = _initial_model(tiny_model_dir)
-        loss, (la, lb) = hand_step_loss(_sample_losses(model, micro), "case3", [1.0, w_b], 2)
+        loss, (la, lb) = hand_step_loss(sample_losses(model, micro), "case3", [1.0, w_b], 2)
         assert rel(losses[w_b]["loss"], (la + w_b * lb) / (1 + w_b)) < 1e-5
         assert rel(losses[w_b]["loss"], float(loss.detach())) < 1e-5
         loss.backward()
@@ -293,7 +203,7 @@ def test_metrics_tensorboard_and_checkpoint_pruning(tiny_model_dir, three_tasks,
     summary = train(cfg)
     records = read_records(cfg.output_dir)
     steps = train_records(records)
-    _, batches = _data_and_batches(cfg)
+    _, batches = data_and_batches(cfg)
     per_epoch = batches.steps_per_epoch()
     total = 2 * per_epoch
     assert summary["steps"] == total and summary["stop_reason"] == "epochs"
@@ -357,7 +267,7 @@ def test_early_stopping_when_validation_loss_rises(tiny_model_dir, three_tasks, 
             expected_stop = r["step"]
             break
     assert expected_stop is not None, [r["loss"] for r in evals]
-    _, batches = _data_and_batches(cfg)
+    _, batches = data_and_batches(cfg)
     assert expected_stop < batches.steps_per_epoch()  # it did stop before the end
     assert summary["steps"] == expected_stop
     assert summary["stop_reason"].startswith("early stopping")

@@ -10,8 +10,10 @@ import pytest
 import torch
 
 from mftcoder.trainer.loop import train
-from test_train_loop import (_data_and_batches, _sample_losses, make_cfg, one_thread, read_records, rel,  # noqa: F401
-                             train_records, valid_records, write_tasks)
+from train_helpers import (data_and_batches, make_cfg, read_records, rel, sample_losses, train_records, valid_records,
+                           write_tasks)
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one thread each, restored after
 
 LORA = dict(lora_rank=8, lora_alpha=16, lora_dropout=0.0)
 
@@ -38,7 +40,7 @@ def per_task_valid_loss(model, data, batches) -> dict[str, float]:
     with torch.no_grad():
         for k, task in enumerate(data.tasks):
             units = [(k, i) for i in range(len(task.valid))]
-            losses = _sample_losses(model, [batches.collate_units(units[i:i + 8], "valid")
+            losses = sample_losses(model, [batches.collate_units(units[i:i + 8], "valid")
                                             for i in range(0, len(units), 8)])
             out[task.task.name] = float(sum(l.sum() for _, l in losses)) / sum(len(l) for _, l in losses)
     return out
@@ -83,7 +85,7 @@ def check_run(cfg, data_paths, base_dir, peft_type, *, tol: float) -> None:
         assert "model.safetensors" in files and "adapter_config.json" not in files
     else:
         assert {"adapter_config.json", "adapter_model.safetensors"} <= files and "model.safetensors" not in files
-    data, batches = _data_and_batches(cfg)
+    data, batches = data_and_batches(cfg)
     model = load_output(cfg.output_dir, base_dir, peft_type)
     if peft_type == "qlora":
         from mftcoder.trainer.backend import keep_4bit_weights_unpacked
