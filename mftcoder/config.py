@@ -97,6 +97,8 @@ class TrainConfig(BaseModel):
         None, description='Loss weight per task for case3/case4: "[w1,w2]", a list, or {task: weight}. Default equal.')
     chunked_ce: bool = Field(True, description="Cross entropy in chunks so full [batch, seq, vocab] logits never exist.")
     ce_chunk_size: int = Field(1024, gt=0, description="Token positions per cross-entropy chunk.")
+    router_aux_loss_coef: Optional[float] = Field(
+        None, ge=0, description="MoE models: weight of the router load-balancing loss; null = the model's own, 0 = off.")
     coba_warmup_steps: int = Field(100, ge=0, description="CoBa: uniform weights before this step.")
     coba_history_length: int = Field(200, gt=1, description="CoBa: validation points in the slope window.")
     coba_tau: float = Field(5, gt=0, description="CoBa: temperature of the divergence factor.")
@@ -287,6 +289,13 @@ def check_environment(cfg: TrainConfig) -> None:
     if needs_bnb and importlib.util.find_spec("bitsandbytes") is None:
         key = "peft_type='qlora'" if cfg.peft_type == "qlora" else "optimizer='adamw_8bit'"
         raise ConfigError(f"{key} needs bitsandbytes: pip install bitsandbytes (or `pip install 'mftcoder[quant]'`)")
+    if cfg.router_aux_loss_coef:
+        with open(os.path.join(cfg.pretrained_model_path, "config.json")) as f:
+            model_config = json.load(f)
+        if "router_aux_loss_coef" not in model_config:
+            raise ConfigError(f"router_aux_loss_coef={cfg.router_aux_loss_coef} but the model in "
+                              f"{cfg.pretrained_model_path!r} ({model_config.get('model_type')}) is not a Mixture-of-"
+                              "Experts model with a router loss; leave router_aux_loss_coef null")
     if cfg.attn_implementation == "flash_attention_2" and importlib.util.find_spec("flash_attn") is None:
         raise ConfigError("attn_implementation='flash_attention_2' but flash-attn is not installed; "
                           "leave it null to use sdpa, or install the 'gpu' extra on a CUDA machine")

@@ -35,9 +35,11 @@ def build_tokenizer(vocab_size: int = 512):
 
 
 def build_tiny_model(out_dir: str, arch: str = "llama", seed: int = 0) -> str:
-    """Write a ~140k-parameter Llama or Qwen2 model plus tokenizer to `out_dir` and return it."""
+    """Write a ~140k-parameter Llama or Qwen2 model (or a Mixtral / Qwen2-MoE one with 4 experts, top-2) plus tokenizer
+    to `out_dir` and return it."""
     import torch
-    from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
+    from transformers import (LlamaConfig, LlamaForCausalLM, MixtralConfig, MixtralForCausalLM, Qwen2Config,
+                              Qwen2ForCausalLM, Qwen2MoeConfig, Qwen2MoeForCausalLM)
 
     if os.path.exists(os.path.join(out_dir, "config.json")):
         return out_dir
@@ -54,7 +56,14 @@ def build_tiny_model(out_dir: str, arch: str = "llama", seed: int = 0) -> str:
         model = LlamaForCausalLM(LlamaConfig(**common))
     elif arch == "qwen2":
         model = Qwen2ForCausalLM(Qwen2Config(**common))
+    elif arch == "mixtral":
+        model = MixtralForCausalLM(MixtralConfig(**common, num_local_experts=4, num_experts_per_tok=2,
+                                                 router_aux_loss_coef=0.02))
+    elif arch == "qwen2_moe":
+        model = Qwen2MoeForCausalLM(Qwen2MoeConfig(**common, num_experts=4, num_experts_per_tok=2,
+                                                   moe_intermediate_size=32, shared_expert_intermediate_size=64,
+                                                   router_aux_loss_coef=0.02))
     else:
-        raise ValueError(f"unknown tiny arch {arch!r}; expected 'llama' or 'qwen2'")
+        raise ValueError(f"unknown tiny arch {arch!r}; expected 'llama', 'qwen2', 'mixtral' or 'qwen2_moe'")
     model.save_pretrained(out_dir)
     return out_dir

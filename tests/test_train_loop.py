@@ -17,8 +17,8 @@ import pytest
 import torch
 
 from mftcoder.trainer.loop import train
-from train_helpers import (data_and_batches, make_cfg, read_records, rel, sample_losses, train_records, valid_records,
-                           write_tasks)
+from train_helpers import (data_and_batches, grad_norm, hand_step_loss, initial_model, make_cfg, read_records, rel,
+                           sample_losses, train_records, valid_records, write_tasks)
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one thread each, restored after
 
@@ -30,37 +30,6 @@ TRAIN_KEYS = {"step", "epoch", "loss", "lr", "grad_norm", "tokens", "tokens_per_
 @pytest.fixture(scope="module")
 def three_tasks(tmp_path_factory):
     return write_tasks(tmp_path_factory.mktemp("tasks3"), {"a": 24, "b": 12, "c": 10})
-
-
-# ---- the independent computation -----------------------------------------------------------------------------------
-
-def hand_step_loss(samples, mode: str, weights: list[float], K: int):
-    """The formulas of the README, written out over samples; returns (loss tensor, per-task token means)."""
-    tok_sum = [sum((l.sum() for t, l in samples if t == k), torch.zeros(())) for k in range(K)]
-    tok_n = [sum(len(l) for t, l in samples if t == k) for k in range(K)]
-    mean_sum = [sum((l.mean() for t, l in samples if t == k), torch.zeros(())) for k in range(K)]
-    n_samples = [sum(1 for t, _ in samples if t == k) for k in range(K)]
-    present = [k for k in range(K) if tok_n[k] > 0]
-    if mode == "case1":
-        loss = sum(tok_sum) / sum(tok_n)
-    elif mode == "case2":
-        loss = sum(mean_sum) / sum(n_samples)
-    elif mode in ("case3", "coba"):
-        loss = sum(weights[k] * tok_sum[k] / tok_n[k] for k in present) / sum(weights[k] for k in present)
-    else:
-        loss = sum(weights[k] * mean_sum[k] / n_samples[k] for k in present) / sum(weights[k] for k in present)
-    task_means = [float(tok_sum[k].detach()) / tok_n[k] if tok_n[k] else None for k in range(K)]
-    return loss, task_means
-
-
-def _initial_model(path):
-    from transformers import AutoModelForCausalLM
-
-    return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
-
-
-def _grad_norm(model) -> float:
-    return math.sqrt(sum(float(p.grad.double().pow(2).sum()) for p in model.parameters() if p.grad is not None))
 
 
 # ---- pinned numbers -------------------------------------------------------------------------------------------------
@@ -80,7 +49,7 @@ def test_first_step_matches_hand_computation(tiny_model_dir, three_tasks, tmp_pa
 
     data, batches = data_and_batches(cfg)
     micro = batches.micro_batches(0)
-    model = _initial_model(tiny_model_dir)
+    model = initial_model(tiny_model_dir)
     samples = sample_losses(model, micro)
     K = 3
     present = sorted({t for t, _ in samples})
@@ -90,7 +59,7 @@ def test_first_step_matches_hand_computation(tiny_model_dir, three_tasks, tmp_pa
     loss.backward()
 
     assert rel(step1["loss"], float(loss.detach())) < 1e-5
-    assert rel(step1["grad_norm"], _grad_norm(model)) < 1e-4  # the gradient, not only the value, is the formula's
+    assert rel(step1["grad_norm"], grad_norm(model)) < 1e-4  # the gradient, not only the value, is the formula's
     names = data.task_names
     for k, n in enumerate(names):
         if task_means[k] is None:
@@ -144,12 +113,12 @@ def test_case3_weights_apply_with_single_task_micro_batches(tiny_model_dir, tmp_
 
     grad_norms = {}
     for w_b in (1.0, 3.0):
-        model = _initial_model(tiny_model_dir)
+        model = initial_model(tiny_model_dir)
         loss, (la, lb) = hand_step_loss(sample_losses(model, micro), "case3", [1.0, w_b], 2)
         assert rel(losses[w_b]["loss"], (la + w_b * lb) / (1 + w_b)) < 1e-5
         assert rel(losses[w_b]["loss"], float(loss.detach())) < 1e-5
         loss.backward()
-        grad_norms[w_b] = _grad_norm(model)
+        grad_norms[w_b] = grad_norm(model)
         assert rel(losses[w_b]["grad_norm"], grad_norms[w_b]) < 1e-4
     # the two tasks start with nearly equal losses, so the weights show in the gradient (and the later steps)
     assert rel(grad_norms[3.0], grad_norms[1.0]) > 1e-2

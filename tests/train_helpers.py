@@ -3,6 +3,7 @@ and the independent per-sample loss computation the pinned-number tests compare 
 from __future__ import annotations
 
 import json
+import math
 import os
 
 import torch
@@ -91,6 +92,35 @@ def sample_losses(model, micro_batches) -> list[tuple[int, torch.Tensor]]:
             if trained.any():
                 out.append((task, tl[trained]))
     return out
+
+
+def hand_step_loss(samples, mode: str, weights: list[float], K: int):
+    """The formulas of the README, written out over samples; returns (loss tensor, per-task token means)."""
+    tok_sum = [sum((l.sum() for t, l in samples if t == k), torch.zeros(())) for k in range(K)]
+    tok_n = [sum(len(l) for t, l in samples if t == k) for k in range(K)]
+    mean_sum = [sum((l.mean() for t, l in samples if t == k), torch.zeros(())) for k in range(K)]
+    n_samples = [sum(1 for t, _ in samples if t == k) for k in range(K)]
+    present = [k for k in range(K) if tok_n[k] > 0]
+    if mode == "case1":
+        loss = sum(tok_sum) / sum(tok_n)
+    elif mode == "case2":
+        loss = sum(mean_sum) / sum(n_samples)
+    elif mode in ("case3", "coba"):
+        loss = sum(weights[k] * tok_sum[k] / tok_n[k] for k in present) / sum(weights[k] for k in present)
+    else:
+        loss = sum(weights[k] * mean_sum[k] / n_samples[k] for k in present) / sum(weights[k] for k in present)
+    task_means = [float(tok_sum[k].detach()) / tok_n[k] if tok_n[k] else None for k in range(K)]
+    return loss, task_means
+
+
+def initial_model(path):
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+
+
+def grad_norm(model) -> float:
+    return math.sqrt(sum(float(p.grad.double().pow(2).sum()) for p in model.parameters() if p.grad is not None))
 
 
 def rel(a, b) -> float:

@@ -11,7 +11,7 @@ or Granite). `model_token_losses` checks this on its first call and refuses such
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple, Optional
 
 import torch
 import torch.nn.functional as F
@@ -123,19 +123,34 @@ def _model_inputs(batch: dict[str, Any]) -> dict[str, Any]:
     )
 
 
+class ForwardLosses(NamedTuple):
+    token_loss: Tensor                              # [B, T] per-token CE, 0 where labels == -100
+    router_logits: Optional[tuple[Tensor, ...]]     # MoE models, when asked for: one [B*T, experts] per layer
+
+
 def model_token_losses(model: nn.Module, batch: dict[str, Any], chunked: bool = True, chunk_size: int = 1024) -> Tensor:
-    """Per-token CE [B, T] of `batch` under `model` (an HF causal LM, possibly wrapped by PEFT / DDP / DeepSpeed).
+    """Per-token CE [B, T] of `batch` under `model`; see `model_forward_losses`."""
+    return model_forward_losses(model, batch, chunked, chunk_size).token_loss
+
+
+def model_forward_losses(model: nn.Module, batch: dict[str, Any], chunked: bool = True, chunk_size: int = 1024,
+                         output_router_logits: bool = False) -> ForwardLosses:
+    """Per-token CE [B, T] of `batch` under `model` (an HF causal LM, possibly wrapped by PEFT / DDP / DeepSpeed),
+    and the router logits of an MoE model when `output_router_logits` (see mftcoder.loss.router).
 
     Unchunked: the model's full logits. Chunked: the model is still called through its (wrapped) forward, so
     distributed wrappers see a normal forward, but with `logits_to_keep` set to the last position only; the final
     hidden states are taken from the decoder's output by a forward hook and projected chunk by chunk.
     The projection runs after the model's forward returned, so under mixed precision call this inside the same
     autocast context as the model (e.g. `accelerator.autocast()`); the recomputation in backward reuses it.
-    MoE router auxiliary losses are not included (the model adds them only to its own `loss`).
     """
     labels = batch["labels"]
+    inputs = _model_inputs(batch)
+    if output_router_logits:
+        inputs["output_router_logits"] = True
     if not chunked:
-        return token_losses_from_logits(model(**_model_inputs(batch)).logits, labels)
+        out = model(**inputs)
+        return ForwardLosses(token_losses_from_logits(out.logits, labels), _router_logits(out, output_router_logits))
 
     lm = unwrap_causal_lm(model)
     decoder = lm.get_decoder()
@@ -153,7 +168,7 @@ def model_token_losses(model: nn.Module, batch: dict[str, Any], chunked: bool = 
     last = torch.tensor([T - 1], device=labels.device)
     handle = decoder.register_forward_hook(grab)
     try:
-        out = model(**_model_inputs(batch), logits_to_keep=last)
+        out = model(**inputs, logits_to_keep=last)
     finally:
         handle.remove()
     if len(captured) != 1:
@@ -165,7 +180,17 @@ def model_token_losses(model: nn.Module, batch: dict[str, Any], chunked: bool = 
     if not getattr(lm, _CHECKED_ATTR, False):
         _check_head_reproduces_logits(lm, head, hidden[:, -1:], out.logits)
         setattr(lm, _CHECKED_ATTR, True)
-    return token_losses_from_hidden(hidden, head, labels, chunk_size=chunk_size)
+    return ForwardLosses(token_losses_from_hidden(hidden, head, labels, chunk_size=chunk_size),
+                         _router_logits(out, output_router_logits))
+
+
+def _router_logits(out, wanted: bool) -> Optional[tuple[Tensor, ...]]:
+    if not wanted:
+        return None
+    logits = getattr(out, "router_logits", None)
+    if not logits:
+        raise TypeError("output_router_logits=True but the model returned no router logits (not an MoE model?)")
+    return tuple(logits)
 
 
 def _check_head_reproduces_logits(lm: nn.Module, head: nn.Module, hidden_last: Tensor, model_logits: Tensor) -> None:

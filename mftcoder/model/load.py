@@ -5,7 +5,7 @@ import logging
 
 import torch
 
-from mftcoder.config import TrainConfig
+from mftcoder.config import ConfigError, TrainConfig
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +71,17 @@ def load_model(cfg: TrainConfig, *, mixed_precision: str = "no", device: torch.d
         lora = LoraConfig(task_type="CAUSAL_LM", r=cfg.lora_rank, lora_alpha=cfg.lora_alpha,
                           lora_dropout=cfg.lora_dropout, target_modules=cfg.target_modules or "all-linear",
                           modules_to_save=cfg.modules_to_save)
-        model = get_peft_model(model, lora)
+        try:
+            model = get_peft_model(model, lora)
+        except ValueError as e:
+            if "ParamWrapper" not in str(e):
+                raise
+            # PEFT puts LoRA on the fused expert weights (nn.Parameter, not nn.Linear) of v5 MoE models; those adapters
+            # cannot apply dropout
+            raise ConfigError(
+                f"lora_dropout={cfg.lora_dropout}: for {type(model).__name__} PEFT adds LoRA to the fused expert weights, "
+                f"which cannot use dropout ({e}); set lora_dropout to 0, or list target_modules (e.g. "
+                '["q_proj", "k_proj", "v_proj", "o_proj"]) to leave the experts out') from None
         if dtype != torch.float32:
             # trainable adapter weights stay fp32 so Adam updates are not lost to bf16 rounding
             for p in model.parameters():

@@ -19,7 +19,8 @@ from mftcoder.config import ConfigError, TrainConfig, check_environment
 from mftcoder.data.prepare import prepare_data
 from mftcoder.data.template import attach_chat_template, get_template
 from mftcoder.loss.coba import CoBa
-from mftcoder.loss.cross_entropy import model_token_losses
+from mftcoder.loss.cross_entropy import model_forward_losses, model_token_losses, unwrap_causal_lm
+from mftcoder.loss.router import resolve_router_loss
 from mftcoder.loss.weighting import count_micro_batch, micro_batch_loss, sum_counts, StepCounts
 from mftcoder.model.load import load_model
 from mftcoder.model.tokenizer import load_tokenizer
@@ -79,6 +80,7 @@ def train(cfg: TrainConfig) -> dict:
     # --- model, optimiser, schedule ------------------------------------------------------------------------------------
     model, attn = load_model(cfg, mixed_precision=acc.mixed_precision, device=acc.device,
                              sharded=backend.is_sharded(acc))
+    router = _router_loss(model, cfg)  # MoE models: the router load-balancing loss joins the step loss
     optimizer = make_optimizer(model, cfg)
     scheduler = make_scheduler(optimizer, cfg, total_steps)  # stepped by us once per optimizer step
     model, optimizer = backend.prepare(acc, model, optimizer)  # FSDP2 wrap class from the model
@@ -134,18 +136,24 @@ def train(cfg: TrainConfig) -> dict:
         weights = coba.weights(state.step).double() if coba is not None else task_weights
         step_loss = torch.zeros((), dtype=torch.float64)
         task_loss_sum = torch.zeros(K, dtype=torch.float64)
+        aux_loss_sum = torch.zeros((), dtype=torch.float64)
         tokens = 0
         grad_norm = None
         for mb in micro_batches:
             mb = {k: v.to(acc.device) if torch.is_tensor(v) else v for k, v in mb.items()}
             with acc.accumulate(model):
                 with acc.autocast():  # the chunked lm_head projection runs after the model's own (autocast) forward
-                    token_loss = model_token_losses(model, mb, chunked=backend.chunked_ce(acc, cfg),
-                                                    chunk_size=cfg.ce_chunk_size)
-                share = micro_batch_loss(token_loss, mb, counts, cfg.weighted_loss_mode, weights.to(acc.device))
+                    fwd = model_forward_losses(model, mb, chunked=backend.chunked_ce(acc, cfg),
+                                               chunk_size=cfg.ce_chunk_size, output_router_logits=router is not None)
+                share = micro_batch_loss(fwd.token_loss, mb, counts, cfg.weighted_loss_mode, weights.to(acc.device))
+                loss = share.loss
+                if router is not None:  # the mean over the step's micro-batches of each one's router loss
+                    aux = router(fwd.router_logits, mb["sample_ids"] >= 0)
+                    loss = loss + router.coef * aux / (cfg.gradient_accumulation_steps * world)
+                    aux_loss_sum += aux.detach().double().cpu()
                 # accelerate/DeepSpeed divide by the accumulation steps and DDP/ZeRO/FSDP average over processes;
                 # the share is already this micro-batch's exact part of the global step loss, so undo both
-                acc.backward(share.loss * cfg.gradient_accumulation_steps * world)
+                acc.backward(loss * cfg.gradient_accumulation_steps * world)
                 step_loss += share.loss.detach().double().cpu()
                 task_loss_sum += share.task_loss_sum.double().cpu()
                 tokens += int((mb["sample_ids"] >= 0).sum())
@@ -159,8 +167,8 @@ def train(cfg: TrainConfig) -> dict:
         scheduler.step()
         state.step += 1
 
-        totals = _all_reduce(acc, torch.cat([step_loss.view(1), task_loss_sum, torch.tensor([float(tokens)],
-                                                                                         dtype=torch.float64)]))
+        totals = _all_reduce(acc, torch.cat([step_loss.view(1), task_loss_sum, aux_loss_sum.view(1),
+                                             torch.tensor([float(tokens)], dtype=torch.float64)]))
         elapsed = time.perf_counter() - start
         task_tokens = counts.task_tokens.double().cpu()
         record = {
@@ -170,6 +178,8 @@ def train(cfg: TrainConfig) -> dict:
                           for k, n in enumerate(names)},
             "task_weight": dict(zip(names, _effective_weights(weights, counts, cfg.weighted_loss_mode))),
         }
+        if router is not None:  # `loss` stays the task loss (comparable with validation); this is added to it
+            record["router_aux_loss"] = float(totals[1 + K]) / (cfg.gradient_accumulation_steps * world)
         metrics.write(record)
         if state.step % cfg.log_interval == 0:
             bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{lr:.2e}", tok_s=f"{record['tokens_per_s']:.0f}")
@@ -214,6 +224,17 @@ def train(cfg: TrainConfig) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------------------------------
+
+
+def _router_loss(model, cfg: TrainConfig):
+    try:
+        router = resolve_router_loss(unwrap_causal_lm(model), cfg.router_aux_loss_coef)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    if router is not None:
+        log.info("MoE router load-balancing loss: coefficient %g (%d experts, top %d; padding excluded)",
+                 router.coef, router.num_experts, router.top_k)
+    return router
 
 
 def _check_resume_matches(path: str, batches: TrainBatches, data_digest: str) -> None:
