@@ -13,7 +13,8 @@ rank moves the per-task losses by >1e-2 within a few steps, a data shard seen tw
 
 Also here: kill -9 and resume under ZeRO-3 and FSDP2 reproduce the uninterrupted metrics; a LoRA adapter saved under
 ZeRO-3 and QLoRA adapters under ZeRO-3 and FSDP2 hold the same weights as the single-process ones; a validation split
-of one sample (so one rank has none) does not hang ZeRO-3 with CoBa.
+of one sample (so one rank has none) does not hang ZeRO-3 with CoBa; an MoE model's router loss under ZeRO-3 and FSDP2
+equals the single process's.
 """
 from __future__ import annotations
 
@@ -374,3 +375,30 @@ def test_one_validation_sample_does_not_hang_zero3(ws):
     assert [r["step"] for r in evals] == [0, 2, 4]
     for r in evals:  # the task without validation data is reported as missing, the other one measured
         assert r["task_loss"]["code"] is None and r["task_loss"]["text"] is not None
+
+
+@pytest.fixture(scope="module")
+def moe(ws):
+    """A tiny Mixtral, its config (micro 2 x accumulation 2 per process) and the single-process reference run with the
+    same micro-batches (micro 2 x accumulation 4: the router loss is a per-micro-batch quantity)."""
+    from mftcoder.testing import build_tiny_model
+
+    model = build_tiny_model(str(ws["root"] / "tiny-mixtral"), arch="mixtral")
+    cfg = ws["config"]("moe", pretrained_model_path=model)
+    ref_cfg = ws["config"]("moe-single", pretrained_model_path=model, gradient_accumulation_steps=4)
+    return {"model": model, "cfg": cfg, "ref": single(ref_cfg, ws["root"] / "single-moe", micro=2)}
+
+
+@pytest.mark.parametrize("backend", ["ds_zero3", "fsdp2"])
+def test_moe_router_loss_under_sharding_matches_one_process(moe, ws, backend):
+    got_dir = launch(LAUNCHER[backend], moe["cfg"], ws["root"] / f"{backend}-moe")
+    ref, got = read_metrics(moe["ref"]), read_metrics(got_dir)
+    assert_same_metrics(ref, got, label=f"{backend}-moe")  # grad norms too: the router loss's gradient is the same
+    ref_aux = [r["router_aux_loss"] for r in ref if r.get("split") is None]
+    got_aux = [r["router_aux_loss"] for r in got if r.get("split") is None]
+    assert len(got_aux) == STEPS and got_aux == pytest.approx(ref_aux, abs=LOSS_TOL)
+    if backend == "fsdp2":
+        assert "FSDP2 wraps ['MixtralDecoderLayer']" in (ws["root"] / f"{backend}-moe.log").read_text(errors="replace")
+    ids = probe_ids(str(moe["ref"]))
+    a, b = final_logits(moe["ref"], moe["model"], ids), final_logits(got_dir, moe["model"], ids)
+    assert float((a - b).abs().max()) < LOGIT_TOL
