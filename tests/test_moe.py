@@ -118,8 +118,11 @@ def test_router_loss_off_and_dense_models(moe_model_dir, tiny_model_dir, tasks, 
     assert not os.path.exists(tmp_path / "dense" / "metrics.jsonl")
 
 
-def test_lora_on_moe_trains_saves_and_logs_the_router_loss(moe_model_dir, tasks, tmp_path):
+def test_lora_on_moe_trains_saves_merges_and_logs_the_router_loss(moe_model_dir, tasks, tmp_path):
+    """Mixtral's adapter includes PEFT's LoRA on the fused expert weights; it merges like any other."""
     from peft import PeftModel
+
+    from mftcoder.merge import merge_adapter
 
     if "mixtral" in moe_model_dir:  # PEFT adapts Mixtral's fused expert weights, which cannot take dropout: said clearly
         with pytest.raises(ConfigError, match="lora_dropout=0.1: .* set lora_dropout to 0"):
@@ -134,4 +137,11 @@ def test_lora_on_moe_trains_saves_and_logs_the_router_loss(moe_model_dir, tasks,
     assert sum(last.values()) < sum(first.values())
     with open(os.path.join(cfg.output_dir, "adapter_config.json")) as f:
         assert json.load(f)["peft_type"] == "LORA"
-    PeftModel.from_pretrained(initial_model(moe_model_dir), cfg.output_dir)
+    adapted = PeftModel.from_pretrained(initial_model(moe_model_dir), cfg.output_dir).eval()
+    merged = initial_model(merge_adapter(moe_model_dir, cfg.output_dir, str(tmp_path / "merged"))).eval()
+    ids = torch.randint(3, 200, (2, 12), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        a, b = adapted(input_ids=ids).logits, merged(input_ids=ids).logits
+        base = initial_model(moe_model_dir).eval()(input_ids=ids).logits
+    assert float((a - b).abs().max()) < 1e-4
+    assert float((a - base).abs().max()) > 1e-2  # the adapter changed the model
