@@ -145,3 +145,16 @@ def test_lora_on_moe_trains_saves_merges_and_logs_the_router_loss(moe_model_dir,
         base = initial_model(moe_model_dir).eval()(input_ids=ids).logits
     assert float((a - b).abs().max()) < 1e-4
     assert float((a - base).abs().max()) > 1e-2  # the adapter changed the model
+
+
+def test_gradient_checkpointing_keeps_the_router_loss(moe_model_dir, tasks, tmp_path):
+    """Recomputing the blocks in backward must not record the router logits twice or lose them: the same metrics."""
+    runs = []
+    for checkpointing in (False, True):
+        cfg = make_cfg(moe_model_dir, tasks, tmp_path / f"gc-{checkpointing}", max_train_steps=2,
+                       gradient_checkpointing=checkpointing)
+        train(cfg)
+        runs.append([(r["loss"], r["router_aux_loss"], r["grad_norm"]) for r in train_records(read_records(cfg.output_dir))])
+    assert len(runs[0]) == 2
+    for plain, recomputed in zip(*runs):
+        assert recomputed == pytest.approx(plain, rel=1e-6)
