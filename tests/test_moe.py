@@ -48,8 +48,9 @@ def test_router_loss_excludes_padding_and_packing_does_not_change_it(moe_model_d
         assert rel(float(out.aux_loss), float(alone)) > 1e-3  # the model's own value counts the padding
 
         # packing: s1 and s2 in one row (positions restart) == the two as padded rows with a mask
-        packed = model(input_ids=torch.cat([s1, s2])[None], position_ids=torch.cat([torch.arange(7), torch.arange(11)])[None],
-                       output_router_logits=True, use_cache=False)
+        positions = torch.cat([torch.arange(7), torch.arange(11)])[None]
+        packed = model(input_ids=torch.cat([s1, s2])[None], position_ids=positions, output_router_logits=True,
+                       use_cache=False)
         rows = torch.zeros(2, 11, dtype=torch.long)
         rows[0, :7], rows[1] = s1, s2
         mask = torch.arange(11)[None] < torch.tensor([[7], [11]])
@@ -154,7 +155,8 @@ def test_gradient_checkpointing_keeps_the_router_loss(moe_model_dir, tasks, tmp_
         cfg = make_cfg(moe_model_dir, tasks, tmp_path / f"gc-{checkpointing}", max_train_steps=2,
                        gradient_checkpointing=checkpointing)
         train(cfg)
-        runs.append([(r["loss"], r["router_aux_loss"], r["grad_norm"]) for r in train_records(read_records(cfg.output_dir))])
+        records = train_records(read_records(cfg.output_dir))
+        runs.append([(r["loss"], r["router_aux_loss"], r["grad_norm"]) for r in records])
     assert len(runs[0]) == 2
     for plain, recomputed in zip(*runs):
         assert recomputed == pytest.approx(plain, rel=1e-6)
