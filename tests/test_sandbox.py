@@ -61,6 +61,10 @@ def test_hostile_batch_finishes_and_only_good_programs_pass(canary):
         "killpg_parent": "import os, signal\nos.killpg(os.getpgid(os.getppid()), signal.SIGKILL)",
         "huge_file": "with open('huge.bin', 'wb') as f:\n    while True:\n        f.write(b'0' * 2**20)",
         "ctypes_escape": "import ctypes\nctypes.CDLL(None).fork()",
+        "network": "import socket\nsocket.create_connection(('127.0.0.1', 9), timeout=30)",
+        "raw_socket": "import socket\ns = socket.socket()\ns.connect(('127.0.0.1', 9))",
+        "raw_c_socket": "import _socket\n_socket.socket().connect(('127.0.0.1', 9))",
+        "good_stdlib_imports": "import urllib.request, http.client, asyncio, logging.handlers, json\nassert json",
         "good_after_hostiles": "import math\nassert math.isclose(math.sqrt(2) ** 2, 2)",
     }
     start = time.monotonic()
@@ -70,7 +74,8 @@ def test_hostile_batch_finishes_and_only_good_programs_pass(canary):
     assert canary.read_text() == "still here" and not os.path.exists(c + ".moved")
     assert os.getpid() > 0  # we were not killed
     assert elapsed < 30, f"the hostile batch took {elapsed:.1f} s"
-    assert results["good"].status == PASSED and results["good_after_hostiles"].status == PASSED
+    for name in ("good", "good_stdlib_imports", "good_after_hostiles"):
+        assert results[name].status == PASSED, results[name]
     for name in ("infinite_loop", "sleep_forever"):
         assert results[name].status == TIMED_OUT, results[name]
     for name, res in results.items():
@@ -85,6 +90,9 @@ def test_hostile_batch_finishes_and_only_good_programs_pass(canary):
     assert "os.kill is disabled" in results["kill_parent"].error
     assert "File too large" in results["huge_file"].error
     assert "ctypes" in results["ctypes_escape"].error
+    assert "socket.create_connection is disabled" in results["network"].error
+    assert "socket.connect is disabled" in results["raw_socket"].error
+    assert "_socket" in results["raw_c_socket"].error
 
 
 def test_fresh_private_working_directory_clean_environment(monkeypatch):

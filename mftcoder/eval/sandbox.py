@@ -6,8 +6,9 @@ Layers, each covering what the others might miss:
   * resource limits set in the child (`sandbox_child.py`): address space (memory bombs get MemoryError), CPU
     seconds, size of written files, open files, no core dumps, and process count where the kernel enforces it
     (RLIMIT_NPROC never binds root, see below);
-  * a guard in the child that disables process creation, signals, deletion/renaming/chmod of files, chdir, and
-    writing outside the working directory, and makes ctypes/multiprocessing/resource unimportable;
+  * a guard in the child that disables process creation, signals, deletion/renaming/chmod of files, chdir,
+    writing outside the working directory and network connections, and makes ctypes/multiprocessing/resource
+    unimportable;
   * in the parent: a wall-clock timeout, a SIGKILL to the child's whole process group when it times out *and*
     when it ends (so no stray grandchild survives), and a watchdog that kills a group holding more processes
     than allowed (the fork-bomb guard that also works as root);

@@ -119,8 +119,17 @@ def _install_guard(workdir):
     if _posixsubprocess is not None:
         _posixsubprocess.fork_exec = _refuse("_posixsubprocess.fork_exec")
     builtins.help = _refuse("help")
+    # No network: a generated program that fetches or posts something fails at once instead of reaching out (or
+    # hanging until the timeout). Local socketpairs stay usable; the stdlib modules that import socket still import.
+    import socket
+
+    for name in ("connect", "connect_ex", "bind", "sendto", "sendmsg", "listen"):
+        setattr(socket.socket, name, _refuse(f"socket.{name}"))
+    for name in ("create_connection", "create_server", "getaddrinfo", "gethostbyname", "gethostbyname_ex"):
+        setattr(socket, name, _refuse(f"socket.{name}"))
     # Modules that reach around the guard (raw C calls, raising limits, other processes): importing them fails.
-    for name in ("ctypes", "_ctypes", "cffi", "resource", "psutil", "multiprocessing", "pty", "tkinter", "ipdb", "joblib"):
+    for name in ("ctypes", "_ctypes", "cffi", "resource", "psutil", "multiprocessing", "pty", "tkinter", "ipdb", "joblib",
+                 "_socket"):
         sys.modules[name] = None
 
 
