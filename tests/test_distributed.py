@@ -13,8 +13,8 @@ rank moves the per-task losses by >1e-2 within a few steps, a data shard seen tw
 
 Also here: kill -9 and resume under ZeRO-3 and FSDP2 reproduce the uninterrupted metrics; a LoRA adapter saved under
 ZeRO-3 and QLoRA adapters under ZeRO-3 and FSDP2 hold the same weights as the single-process ones; a validation split
-of one sample (so one rank has none) does not hang ZeRO-3 with CoBa; an MoE model's router loss under ZeRO-3 and FSDP2
-equals the single process's.
+of one sample (so one rank has none) does not hang ZeRO-3 with CoBa; an MoE model's router loss under DDP, ZeRO-3 and
+FSDP2 equals the single process's.
 """
 from __future__ import annotations
 
@@ -389,8 +389,8 @@ def moe(ws):
     return {"model": model, "cfg": cfg, "ref": single(ref_cfg, ws["root"] / "single-moe", micro=2)}
 
 
-@pytest.mark.parametrize("backend", ["ds_zero3", "fsdp2"])
-def test_moe_router_loss_under_sharding_matches_one_process(moe, ws, backend):
+@pytest.mark.parametrize("backend", ["ddp", "ds_zero3", "fsdp2"])
+def test_moe_router_loss_two_processes_match_one(moe, ws, backend):
     got_dir = launch(LAUNCHER[backend], moe["cfg"], ws["root"] / f"{backend}-moe")
     ref, got = read_metrics(moe["ref"]), read_metrics(got_dir)
     assert_same_metrics(ref, got, label=f"{backend}-moe")  # grad norms too: the router loss's gradient is the same
