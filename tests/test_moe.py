@@ -8,14 +8,13 @@ import os
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from mftcoder.config import ConfigError
 from mftcoder.loss.router import model_router_loss, resolve_router_loss
 from mftcoder.testing import build_tiny_model
 from mftcoder.trainer.loop import train
 from train_helpers import (data_and_batches, grad_norm, hand_step_loss, initial_model, make_cfg, read_records, rel,
-                           train_records, write_tasks)
+                           sample_losses_from_logits, train_records, write_tasks)
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one thread each, restored after
 
@@ -67,12 +66,7 @@ def _reference_step(model, micro_batches, K: int, mode: str, weights, coef: floa
     for mb in micro_batches:
         real = mb["sample_ids"] >= 0
         out = model(input_ids=mb["input_ids"], attention_mask=real.long(), output_router_logits=True, use_cache=False)
-        tl = F.cross_entropy(out.logits.flatten(0, 1).float(), mb["labels"].flatten(), ignore_index=-100,
-                             reduction="none").view(mb["labels"].shape)
-        for s, task in enumerate(mb["sample_task_ids"].tolist()):
-            trained = (mb["sample_ids"] == s) & (mb["labels"] != -100)
-            if trained.any():
-                samples.append((task, tl[trained]))
+        samples += sample_losses_from_logits(out.logits, mb)
         aux.append(out.aux_loss)
     task_loss, _ = hand_step_loss(samples, mode, weights, K)
     aux_mean = sum(aux) / len(aux)

@@ -41,7 +41,7 @@ def per_task_valid_loss(model, data, batches) -> dict[str, float]:
         for k, task in enumerate(data.tasks):
             units = [(k, i) for i in range(len(task.valid))]
             losses = sample_losses(model, [batches.collate_units(units[i:i + 8], "valid")
-                                            for i in range(0, len(units), 8)])
+                                           for i in range(0, len(units), 8)])
             out[task.task.name] = float(sum(l.sum() for _, l in losses)) / sum(len(l) for _, l in losses)
     return out
 

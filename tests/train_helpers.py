@@ -85,12 +85,19 @@ def sample_losses(model, micro_batches) -> list[tuple[int, torch.Tensor]]:
     for mb in micro_batches:
         logits = model(input_ids=mb["input_ids"], position_ids=mb["position_ids"], attention_mask=None,
                        use_cache=False).logits
-        tl = F.cross_entropy(logits.flatten(0, 1).float(), mb["labels"].flatten(), ignore_index=-100,
-                             reduction="none").view(mb["labels"].shape)
-        for s, task in enumerate(mb["sample_task_ids"].tolist()):
-            trained = (mb["sample_ids"] == s) & (mb["labels"] != -100)
-            if trained.any():
-                out.append((task, tl[trained]))
+        out += sample_losses_from_logits(logits, mb)
+    return out
+
+
+def sample_losses_from_logits(logits: torch.Tensor, mb: dict) -> list[tuple[int, torch.Tensor]]:
+    """(task, per-token CE of its trained tokens) for every sample of micro-batch `mb`, given its logits."""
+    tl = F.cross_entropy(logits.flatten(0, 1).float(), mb["labels"].flatten(), ignore_index=-100,
+                         reduction="none").view(mb["labels"].shape)
+    out = []
+    for s, task in enumerate(mb["sample_task_ids"].tolist()):
+        trained = (mb["sample_ids"] == s) & (mb["labels"] != -100)
+        if trained.any():
+            out.append((task, tl[trained]))
     return out
 
 

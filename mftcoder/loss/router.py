@@ -11,7 +11,7 @@ every MoE trainer; unlike the task losses it depends on the micro-batch size, si
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable, Optional
 
 from torch import Tensor, nn
@@ -52,5 +52,5 @@ def resolve_router_loss(lm: nn.Module, coef: Optional[float]) -> Optional[Router
                              "leave router_aux_loss_coef null for dense models")
         return None
     if coef is not None:
-        router = RouterLoss(router.loss_fn, router.num_experts, router.top_k, float(coef))
+        router = replace(router, coef=float(coef))
     return router if router.coef > 0 else None

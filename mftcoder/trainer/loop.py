@@ -63,6 +63,7 @@ def train(cfg: TrainConfig) -> dict:
         raise ConfigError(_no_train_sample_message(empty, data.stats, cfg))
     names = data.task_names
     K = len(names)
+    micro_batches_per_step = cfg.gradient_accumulation_steps * world  # over all processes
     batches = TrainBatches(data, cfg, rank, world, tokenizer.pad_token_id)
     valid_units = eval_units(data)
     if cfg.weighted_loss_mode == "coba" and not valid_units:
@@ -149,11 +150,11 @@ def train(cfg: TrainConfig) -> dict:
                 loss = share.loss
                 if router is not None:  # the mean over the step's micro-batches of each one's router loss
                     aux = router(fwd.router_logits, mb["sample_ids"] >= 0)
-                    loss = loss + router.coef * aux / (cfg.gradient_accumulation_steps * world)
+                    loss = loss + router.coef * aux / micro_batches_per_step
                     aux_loss_sum += aux.detach().double().cpu()
                 # accelerate/DeepSpeed divide by the accumulation steps and DDP/ZeRO/FSDP average over processes;
                 # the share is already this micro-batch's exact part of the global step loss, so undo both
-                acc.backward(loss * cfg.gradient_accumulation_steps * world)
+                acc.backward(loss * micro_batches_per_step)
                 step_loss += share.loss.detach().double().cpu()
                 task_loss_sum += share.task_loss_sum.double().cpu()
                 tokens += int((mb["sample_ids"] >= 0).sum())
@@ -179,7 +180,7 @@ def train(cfg: TrainConfig) -> dict:
             "task_weight": dict(zip(names, _effective_weights(weights, counts, cfg.weighted_loss_mode))),
         }
         if router is not None:  # `loss` stays the task loss (comparable with validation); this is added to it
-            record["router_aux_loss"] = float(totals[1 + K]) / (cfg.gradient_accumulation_steps * world)
+            record["router_aux_loss"] = float(totals[1 + K]) / micro_batches_per_step
         metrics.write(record)
         if state.step % cfg.log_interval == 0:
             bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{lr:.2e}", tok_s=f"{record['tokens_per_s']:.0f}")
