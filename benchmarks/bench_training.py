@@ -208,7 +208,7 @@ def epoch_micro_batches(data, cfg, pad_id: int) -> list[dict]:
 
     tb = TrainBatches(data, cfg, rank=0, world_size=1, pad_id=pad_id)
     units = [u for batch in tb.sampler.epoch_plan(0) for u in batch]
-    units = units[: len(units) - tb.sampler.padded_units(0)]
+    units = units[: len(units) - tb.sampler.padded_units()]
     m = cfg.per_device_train_batch_size
     return [tb.collate_units(units[i:i + m], split="train") for i in range(0, len(units), m)]
 

@@ -69,7 +69,8 @@ run_launch() {
       # accelerate's --cpu starts one process; gloo DDP/FSDP2 need the multi-GPU launcher with CPU tensors
       ddp) export ACCELERATE_USE_CPU=true; [[ " $* " == *" --num_processes 1 "* ]] || args+=(--multi_gpu) ;;
       fsdp) export ACCELERATE_USE_CPU=true ;;
-      # DeepSpeed on CPU: its CPU accelerator (gloo), chosen quietly
+      # DeepSpeed on CPU: the training processes choose its CPU accelerator themselves (mftcoder/runtime.py); set
+      # here only so that accelerate's launcher process, which imports DeepSpeed before any of our code runs, is quiet
       deepspeed) export DS_ACCELERATOR=cpu ;;
     esac
   fi
@@ -89,7 +90,8 @@ run_launch() {
     echo "# ${cmd[*]}"
   } | tee -a "$LOG_FILE"
   set +e
-  "${cmd[@]}" 2>&1 | tee -a "$LOG_FILE"
+  # tee -i: a Ctrl-C must not kill the log while the workers save their checkpoint and say how to resume
+  "${cmd[@]}" 2>&1 | tee -i -a "$LOG_FILE"
   local rc=${PIPESTATUS[0]}
   set -e
   echo "# exit status $rc; log: $LOG_FILE" | tee -a "$LOG_FILE"

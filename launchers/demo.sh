@@ -3,15 +3,17 @@
 # LoRA-fine-tune it on the four example tasks for a few minutes; prints per-task validation loss before and after.
 #   bash launchers/demo.sh            # output in runs/demo
 #   OUT=/tmp/demo bash launchers/demo.sh
+#   MAX_STEPS=2 bash launchers/demo.sh   # a quick check: 2 optimizer steps
 set -euo pipefail
-if [ "${1:-}" = "--help" ] || [ "${1:-}" = "-h" ]; then sed -n '2,5p' "$0"; exit 0; fi
+if [ "${1:-}" = "--help" ] || [ "${1:-}" = "-h" ]; then sed -n '2,6p' "$0"; exit 0; fi
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 bash init_env.sh
 # shellcheck disable=SC1091
 . .venv/bin/activate
 export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 OUT=${OUT:-runs/demo}
-MODEL=$(python -c "from mftcoder.model.smollm2 import smollm2_path; print(smollm2_path())")
+# prints the model directory and nothing else on stdout (the one-time conversion reports on stderr)
+MODEL=$(python -m mftcoder.model.smollm2)
 # bf16 autocast where the hardware has it (CUDA, or a CPU with avx512_bf16): about 2x faster
 MP=no
 if python -c "import torch,sys; sys.exit(0 if torch.cuda.is_available() else 1)" || grep -q avx512_bf16 /proc/cpuinfo 2>/dev/null; then
@@ -20,4 +22,6 @@ fi
 rm -rf "$OUT"; mkdir -p "$(dirname "$OUT")"
 accelerate launch --num_processes 1 --num_machines 1 --mixed_precision "$MP" --dynamo_backend no \
   mftcoder/train.py --train_config configs/demo_smollm2_lora.json \
-  --pretrained_model_path "$MODEL" --output_dir "$OUT" 2>&1 | tee "${OUT%/}.log"
+  --pretrained_model_path "$MODEL" --output_dir "$OUT" ${MAX_STEPS:+--max_train_steps "$MAX_STEPS"} 2>&1 \
+  | tee "${OUT%/}.log"
+exit "${PIPESTATUS[0]}"

@@ -13,11 +13,30 @@ import types
 import typing
 from typing import Any, Literal, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 
 class ConfigError(ValueError):
     """A train_config problem, with the key and what would be valid."""
+
+
+def _takes_numbers(annotation: Any) -> bool:
+    """Does the annotation hold an int or float, itself or as list/dict items?"""
+    if annotation in (int, float):
+        return True
+    return any(_takes_numbers(a) for a in typing.get_args(annotation) if not isinstance(a, str))
+
+
+def _refuse_bools(model: type[BaseModel], value: Any, info: ValidationInfo) -> Any:
+    # pydantic's lax mode reads true as 1 (`max_train_steps: true` ran one step): a boolean is never a number here
+    field = model.model_fields.get(info.field_name)
+    if field is None or not _takes_numbers(field.annotation):
+        return value
+    items = value.values() if isinstance(value, dict) else value if isinstance(value, list) else [value]
+    if any(isinstance(v, bool) for v in items):
+        raise ValueError(f"got {json.dumps(value, default=str)}: a boolean where a number belongs "
+                         "(true/false are not 1/0)")
+    return value
 
 
 class TaskSpec(BaseModel):
@@ -25,6 +44,11 @@ class TaskSpec(BaseModel):
     path: str = Field(description="A folder searched recursively for *.jsonl, or one .jsonl file.")
     name: Optional[str] = Field(None, description="Task name; defaults to the folder or file name (made unique).")
     weight: Optional[float] = Field(None, gt=0, description="Loss weight of this task (case3/case4).")
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bools(cls, value: Any, info: ValidationInfo) -> Any:
+        return _refuse_bools(cls, value, info)
 
 
 def _parse_bracket_list(value: str) -> list[str]:
@@ -40,6 +64,25 @@ LEGACY_IGNORED_KEYS = {
     "low_cpu_mem_usage", "use_xformers", "weight_by_num_documents", "make_vocab_size_divisible_by",
     "model_parallel_size", "use_slow_tokenizer", "world_size", "distributed_type", "log_interval_legacy",
 }
+
+
+ROLE_NAMES = ("system", "user", "assistant")
+
+
+def check_role_markers(role_markers: Optional[dict], template: Optional[str] = None) -> None:
+    """The one rule for role_markers (the config and a template built without a config both use it): known roles,
+    string markers, and only with the 'mftcoder' template; empty counts as not given. Raises ValueError."""
+    if not role_markers:
+        return
+    bad = sorted(set(role_markers) - set(ROLE_NAMES))
+    if bad:
+        raise ValueError(f"role_markers has unknown role(s) {bad}; valid roles: {', '.join(ROLE_NAMES)}")
+    for role, marker in role_markers.items():
+        if not isinstance(marker, str):
+            raise ValueError(f"role_markers[{role!r}] is {type(marker).__name__}; expected a string")
+    if template is not None and template != "mftcoder":
+        raise ValueError(f"role_markers only apply to the 'mftcoder' template, not {template!r}; drop role_markers "
+                         "or use template 'mftcoder'")
 
 
 class TrainConfig(BaseModel):
@@ -73,11 +116,13 @@ class TrainConfig(BaseModel):
     group_by_task: bool = Field(False, description="Each micro-batch holds one task (less padding, similar lengths).")
 
     # --- model -------------------------------------------------------------------------------------------------------
-    pretrained_model_path: str = Field(description="Local directory of the base HF causal LM.")
+    pretrained_model_path: str = Field(description='Local directory of the base HF causal LM, or '
+                                       '"builtin:smollm2-135m-instruct" (the bundled SmolLM2, converted once).')
     model_type: Optional[str] = Field(None, description="Optional; the model's config decides (AutoModelForCausalLM).")
     trust_remote_code: bool = Field(False, description="Allow custom modelling code from the model directory.")
     attn_implementation: Optional[Literal["flash_attention_2", "sdpa", "eager"]] = Field(
-        None, description="Default: flash_attention_2 on CUDA when installed, else sdpa.")
+        None, description="Default: flash_attention_2 on CUDA when installed, else sdpa (also the fallback, with a "
+                          "warning, when flash_attention_2 is asked for without flash-attn or CUDA).")
     peft_type: Optional[Literal["lora", "qlora"]] = Field(
         None, description="null: full fine-tuning; lora; qlora (4-bit or 8-bit base via bitsandbytes).")
     quantization: Optional[Literal["4bit", "8bit"]] = Field(
@@ -134,10 +179,18 @@ class TrainConfig(BaseModel):
     early_stopping_stall_num: int = Field(5, gt=0, description="Evaluations without a new best before stopping.")
     resume_from_checkpoint: Optional[str] = Field(None, description='A checkpoint folder or "latest".')
     auto_resume: bool = Field(False, description="Resume from the newest checkpoint in output_dir if there is one.")
+    overwrite_output_dir: bool = Field(False, description="Allow a new run into an output_dir that holds an earlier "
+                                       "run: deletes its checkpoints, metrics and final model before starting (a run "
+                                       "that resumes deletes nothing).")
     init_timeout_seconds: int = Field(3600, gt=0, description="Process-group timeout.")
     use_dynamic_padding: bool = Field(True, description="Pad each batch to its longest row (false: to seq_length).")
 
     # --- parsing of MFTCoder's string forms ----------------------------------------------------------------------------
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bools(cls, value: Any, info: ValidationInfo) -> Any:
+        return _refuse_bools(cls, value, info)
+
     @field_validator("data_paths", mode="before")
     @classmethod
     def _data_paths(cls, value: Any) -> Any:
@@ -169,15 +222,15 @@ class TrainConfig(BaseModel):
             raise ValueError(f'data_split {value!r} must be numbers like "98,2,0"') from None
         if len(nums) not in (2, 3) or any(n < 0 for n in nums) or sum(nums) <= 0:
             raise ValueError(f'data_split {value!r} must be 2 or 3 non-negative numbers like "98,2,0"')
+        if abs(sum(nums) - 100) > 1e-6:  # percentages, as in MFTCoder; a rescaled split would surprise silently
+            raise ValueError(f'data_split {value!r} must be train,valid[,test] percentages that sum to 100 '
+                             f'(these sum to {sum(nums):g}), e.g. "98,2,0"')
         return value
 
     @field_validator("role_markers")
     @classmethod
     def _role_markers(cls, value):
-        if value is not None:
-            bad = set(value) - {"system", "user", "assistant"}
-            if bad:
-                raise ValueError(f"role_markers has unknown roles {sorted(bad)}; valid: system, user, assistant")
+        check_role_markers(value)
         return value
 
     @model_validator(mode="after")
@@ -191,15 +244,26 @@ class TrainConfig(BaseModel):
             raise ValueError("task_sampling='explicit' needs task_sampling_weights (a list or {task: weight})")
         if self.weighted_loss_mode == "coba" and self.split_fractions[1] == 0:
             raise ValueError("weighted_loss_mode='coba' needs validation data: data_split has 0 for valid")
-        if self.weighted_loss_mode == "coba" and self.task_weights is not None:
-            raise ValueError("task_weights cannot be combined with weighted_loss_mode='coba' (CoBa sets the weights)")
+        self._check_loss_weights_apply()
         if self.min_lr > self.learning_rate:
             raise ValueError(f"min_lr ({self.min_lr}) is larger than learning_rate ({self.learning_rate})")
         if isinstance(self.num_warmup_steps, float) and self.num_warmup_steps >= 1:
             raise ValueError("num_warmup_steps as a float is a fraction and must be < 1; use an int for steps")
-        if self.template != "mftcoder" and self.role_markers is not None:
-            raise ValueError(f"role_markers only apply to template='mftcoder' (template is {self.template!r})")
+        check_role_markers(self.role_markers, self.template)
         return self
+
+    def _check_loss_weights_apply(self) -> None:
+        # task loss weights only enter case3/case4; elsewhere they would be ignored without a word
+        given = ["task_weights"] if self.task_weights is not None else []
+        given += [f"data_paths.{i}.weight" for i, t in enumerate(self.data_paths) if t.weight is not None]
+        if not given or self.weighted_loss_mode in ("case3", "case4"):
+            return
+        why = ("CoBa sets the weights" if self.weighted_loss_mode == "coba" else
+               "it weights every token equally" if self.weighted_loss_mode == "case1" else
+               "it weights every sample equally")
+        raise ValueError(f"{' and '.join(given)} cannot be combined with weighted_loss_mode="
+                         f"{self.weighted_loss_mode!r} ({why}); task weights apply only to case3 and case4: "
+                         "remove them or choose one of those modes")
 
     # --- derived values ----------------------------------------------------------------------------------------------
     @property
@@ -247,14 +311,28 @@ def _format_errors(err: ValidationError, source: str) -> str:
     return f"invalid train_config {source}:\n  - " + "\n  - ".join(lines)
 
 
+def _parse_yaml(text: str, path: str) -> Any:
+    import yaml
+
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark, context = getattr(e, "problem_mark", None), getattr(e, "context", None)
+        where = f"{path}:{mark.line + 1}" if mark is not None else path
+        problem = getattr(e, "problem", None) or str(e).replace("\n", " ")
+        if context:  # e.g. "while parsing a flow sequence", where that began
+            context_mark = getattr(e, "context_mark", None)
+            problem += f" ({context}" + (f" started on line {context_mark.line + 1})" if context_mark else ")")
+        raise ConfigError(f"{where}: invalid YAML: {problem}") from None
+
+
 def read_config_file(path: str) -> dict:
     if not os.path.isfile(path):
         raise ConfigError(f"train_config file not found: {path}")
     with open(path, encoding="utf-8") as f:
         text = f.read()
     if path.endswith((".yaml", ".yml")):
-        import yaml
-        data = yaml.safe_load(text)
+        data = _parse_yaml(text, path)
     else:
         try:
             data = json.loads(text)
@@ -278,27 +356,71 @@ def load_config(path: str, overrides: Optional[dict] = None) -> TrainConfig:
     return parse_config(read_config_file(path), source=path, overrides=overrides)
 
 
+def read_model_config(path: str, key: str = "pretrained_model_path") -> dict:
+    """The model folder's config.json, or a one-line error naming the folder or the file:line at fault."""
+    if not os.path.isdir(path):
+        raise ConfigError(f"{key}: {path!r} is not a directory (a local HF model folder with config.json is needed; "
+                          "nothing is downloaded)")
+    file = os.path.join(path, "config.json")
+    if not os.path.isfile(file):
+        raise ConfigError(f"{key}: no config.json in {path!r}")
+    try:
+        with open(file, encoding="utf-8") as f:
+            data = json.load(f)
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{file}:{e.lineno}: invalid JSON: {e.msg} (a damaged model config; copy it again from "
+                          "the original model)") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{file}: not UTF-8 text (a damaged model config; copy it again)") from None
+    if not isinstance(data, dict) or "model_type" not in data:
+        raise ConfigError(f"{file}: not a Hugging Face model config (a JSON object with a 'model_type' key)")
+    return data
+
+
+# what a tokenizer loads from: the fast tokenizer, a sentencepiece model, a BPE/WordPiece vocabulary, tiktoken ranks
+TOKENIZER_FILE_SETS = (("tokenizer.json",), ("tokenizer.model",), ("spiece.model",), ("vocab.json", "merges.txt"),
+                       ("vocab.txt",))
+
+
+def check_tokenizer_files(path: str, trust_remote_code: bool = False, key: str = "pretrained_model_path") -> None:
+    """Refuse a model folder without tokenizer files up front, saying which (the loader's own error blames
+    sentencepiece or tiktoken)."""
+    names = set(os.listdir(path))
+    if any(all(n in names for n in group) for group in TOKENIZER_FILE_SETS):
+        return
+    if any(n.endswith(".tiktoken") for n in names):
+        return
+    if trust_remote_code and "tokenizer_config.json" in names:
+        return  # custom tokenizer code may read files of its own naming
+    wanted = ", ".join(" + ".join(group) for group in TOKENIZER_FILE_SETS) + " or *.tiktoken"
+    partial = [n for group in TOKENIZER_FILE_SETS for n in group if n in names]
+    found = f"; it has {', '.join(partial)} but not the rest of its set" if partial else ""
+    raise ConfigError(f"{key}: no tokenizer files in {path!r} (needs one of: {wanted}{found}); copy the tokenizer "
+                      "files of the model it came from into it")
+
+
 def check_environment(cfg: TrainConfig) -> None:
     """Checks that need the file system or installed packages, still before any model loads."""
-    if not os.path.isdir(cfg.pretrained_model_path):
-        raise ConfigError(f"pretrained_model_path: {cfg.pretrained_model_path!r} is not a directory (a local HF model "
-                          "folder with config.json is needed; nothing is downloaded)")
-    if not os.path.isfile(os.path.join(cfg.pretrained_model_path, "config.json")):
-        raise ConfigError(f"pretrained_model_path: no config.json in {cfg.pretrained_model_path!r}")
+    if cfg.pretrained_model_path.startswith("builtin:"):  # the bundled SmolLM2, converted into the cache once
+        from mftcoder.model.smollm2 import BUILTIN, resolve_model_path  # a leaf module: no cycle
+
+        if cfg.pretrained_model_path != BUILTIN:
+            raise ConfigError(f"pretrained_model_path: {cfg.pretrained_model_path!r} is not a built-in model; "
+                              f"the one built-in is {BUILTIN!r}")
+        cfg.pretrained_model_path = resolve_model_path(cfg.pretrained_model_path)
+    model_config = read_model_config(cfg.pretrained_model_path)
+    check_tokenizer_files(cfg.pretrained_model_path, cfg.trust_remote_code)
     needs_bnb = cfg.peft_type == "qlora" or cfg.optimizer == "adamw_8bit"
     if needs_bnb and importlib.util.find_spec("bitsandbytes") is None:
         key = "peft_type='qlora'" if cfg.peft_type == "qlora" else "optimizer='adamw_8bit'"
         raise ConfigError(f"{key} needs bitsandbytes: pip install bitsandbytes (or `pip install 'mftcoder[quant]'`)")
     if cfg.router_aux_loss_coef:
-        with open(os.path.join(cfg.pretrained_model_path, "config.json")) as f:
-            model_config = json.load(f)
         if "router_aux_loss_coef" not in model_config:
             raise ConfigError(f"router_aux_loss_coef={cfg.router_aux_loss_coef} but the model in "
                               f"{cfg.pretrained_model_path!r} ({model_config.get('model_type')}) is not a Mixture-of-"
                               "Experts model with a router loss; leave router_aux_loss_coef null")
-    if cfg.attn_implementation == "flash_attention_2" and importlib.util.find_spec("flash_attn") is None:
-        raise ConfigError("attn_implementation='flash_attention_2' but flash-attn is not installed; "
-                          "leave it null to use sdpa, or install the 'gpu' extra on a CUDA machine")
+    # attn_implementation='flash_attention_2' without flash-attn or CUDA is no error: model/load.py falls back to
+    # sdpa (same results) with one warning
 
 
 def _type_text(ann: Any) -> str:

@@ -8,6 +8,7 @@ import pytest
 
 from mftcoder.config import parse_config
 from mftcoder.data.cache import PreprocessError, load_or_build
+from mftcoder.data.formats import parse_line
 from mftcoder.data.prepare import prepare_data
 from mftcoder.data.tasks import split_of
 from mftcoder.model.tokenizer import load_tokenizer
@@ -187,6 +188,45 @@ def test_utf8_bom_and_crlf_are_fine(make_cfg, tokenizer, tmp_path):
         f.write(b"\xef\xbb\xbf" + short(0).encode() + b"\r\n" + short(1).encode() + b"\r\n")
     data = build(make_cfg([path], data_split="100,0,0"), tokenizer)
     assert data.stats["tasks"]["bom"]["train_samples"] == 2
+
+
+def test_gzip_task_folder_gives_the_same_samples_as_the_plain_file(make_cfg, tokenizer, tmp_path):
+    import gzip
+
+    lines = [short(i) for i in range(30)] + [long_answer(0), long_prompt(0), "", "{broken json"]
+    content = ("\n".join(lines) + "\n").encode()
+    write_lines(tmp_path / "plain" / "x.jsonl", lines)
+    (tmp_path / "packed").mkdir()
+    (tmp_path / "packed" / "x.jsonl.gz").write_bytes(gzip.compress(content))
+    plain = build(make_cfg([str(tmp_path / "plain")], on_bad_line="skip"), tokenizer)
+    packed = build(make_cfg([str(tmp_path / "packed")], on_bad_line="skip"), tokenizer, num_workers=2)
+    assert packed.tasks[0].task.files == (str(tmp_path / "packed" / "x.jsonl.gz"),)
+    for split in ("train", "valid"):
+        a, b = all_samples(plain, split), all_samples(packed, split)
+        assert len(a) == len(b) > 0
+        assert all(np.array_equal(x[0], y[0]) and np.array_equal(x[1], y[1]) for x, y in zip(a, b))
+    strip = lambda st: {k: v for k, v in st.items() if k != "files"}  # noqa: E731
+    assert strip(packed.stats["tasks"]["packed"]) == strip(plain.stats["tasks"]["plain"])
+    assert packed.stats["tasks"]["packed"]["lines"] == 34 and packed.stats["tasks"]["packed"]["rejected"] == 1
+    assert [e.split(": ")[0] for e in packed.stats["rejected_examples"]["packed"]] == [
+        f"{tmp_path / 'packed' / 'x.jsonl.gz'}:34"]
+    # the fingerprint follows the file's bytes: a changed .gz is tokenised again
+    (tmp_path / "packed" / "x.jsonl.gz").write_bytes(gzip.compress(content + short(99).encode() + b"\n"))
+    again = build(make_cfg([str(tmp_path / "packed")], on_bad_line="skip"), tokenizer)
+    assert not again.from_cache and again.stats["tasks"]["packed"]["lines"] == 35
+
+
+def test_corrupt_gzip_is_an_error_naming_the_file_even_when_skipping_bad_lines(make_cfg, tokenizer, tmp_path):
+    import gzip
+
+    data = gzip.compress(("\n".join(short(i) for i in range(300)) + "\n").encode())
+    path = tmp_path / "t" / "x.jsonl.gz"
+    path.parent.mkdir()
+    path.write_bytes(data[: len(data) // 2])  # cut off mid-stream, as by an interrupted copy
+    with pytest.raises(PreprocessError, match=rf"{path}:\d+: cannot read the gzip data") as info:
+        build(make_cfg([str(path.parent)], on_bad_line="skip"), tokenizer)
+    assert "UTF-8" not in str(info.value)
+    assert not [d for d in os.listdir(tmp_path / "out" / "cache") if not d.startswith(".")]  # no cache entry made
 
 
 def test_blank_lines_counted(make_cfg, tokenizer, tmp_path):
@@ -394,3 +434,24 @@ def test_a_line_the_tokenizer_template_refuses_is_a_bad_line(make_cfg, tiny_mode
         build(make_cfg([path], template="tokenizer"), tok)
     data = build(make_cfg([path], template="tokenizer", on_bad_line="skip", data_split="100,0,0"), tok)
     assert (data.stats["tasks"]["x"]["train_samples"], data.stats["tasks"]["x"]["rejected"]) == (2, 1)
+
+
+# --- the tokenising step on its own ----------------------------------------------------------------------------------
+
+
+def test_line_encoder_gives_each_line_a_status(make_cfg, tokenizer, tmp_path):
+    from mftcoder.data.template import get_template
+    from mftcoder.data.tokenise import EncodeSettings, LineEncoder
+
+    cfg = make_cfg([str(tmp_path)], overlong_policy="drop", data_split="100,0,0")
+    enc = LineEncoder(get_template(cfg.template, tokenizer), EncodeSettings.from_config(cfg))
+    ok = enc.encode(short(1).encode() + b"\r\n", 3, "f.jsonl")
+    assert (ok.lineno, ok.status, ok.split, ok.overlong) == (3, "ok", "train", False)
+    full = get_template(cfg.template, tokenizer).encode(parse_line(short(1), "f:1"))
+    assert ok.ids.tolist() == full.input_ids and ok.mask.tolist() == full.loss_mask
+    assert enc.encode(b"  \n", 4, "f.jsonl").status == "blank"
+    bad = enc.encode(b'{"foo": 1}\n', 5, "f.jsonl")
+    assert bad.status == "rejected" and bad.reason.startswith("f.jsonl:5: unknown line format")
+    long = enc.encode(long_answer(0).encode(), 6, "f.jsonl")
+    assert (long.status, long.overlong) == ("dropped", True) and long.reason.startswith("f.jsonl:6: ")
+    assert long.ids is None  # nothing of a dropped line is kept

@@ -8,7 +8,8 @@ import pytest
 
 from mftcoder.data.template import attach_chat_template, get_template
 from mftcoder.infer.chat import ChatSession
-from mftcoder.infer.generate import GenerationSettings, load_model
+from mftcoder.infer.engine import GenerationSettings
+from mftcoder.model.inference import load_for_inference as load_model
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STATS = re.compile(r"\(context (\d+) tokens, (\d+) new tokens, [\d.]+ tokens/s\)")

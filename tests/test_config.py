@@ -1,6 +1,7 @@
 """train_config schema: MFTCoder's string forms, and every mistake caught up front with the key named."""
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -147,9 +148,66 @@ def test_valid_combinations_pass():
     assert cfg.split_fractions == pytest.approx((0.98, 0.02, 0.0))
 
 
-def test_split_fractions_normalised():
+def test_split_fractions_from_percentages():
     assert parse_config({**BASE, "data_split": "90,10"}).split_fractions == pytest.approx((0.9, 0.1, 0.0))
-    assert parse_config({**BASE, "data_split": "2,1,1"}).split_fractions == pytest.approx((0.5, 0.25, 0.25))
+    assert parse_config({**BASE, "data_split": "50,25,25"}).split_fractions == pytest.approx((0.5, 0.25, 0.25))
+    assert parse_config({**BASE, "data_split": "99.5/0.5/0"}).split_fractions == pytest.approx((0.995, 0.005, 0.0))
+
+
+@pytest.mark.parametrize("split,total", [("2,1,1", "4"), ("98,2,2", "102"), ("90,5", "95")])
+def test_split_not_summing_to_100_is_refused_not_rescaled(split, total):
+    msg = config_error(data_split=split)
+    assert f"data_split '{split}'" in msg and "sum to 100" in msg and f"these sum to {total}" in msg
+
+
+# --- booleans are not numbers ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("key,value", [
+    ("max_train_steps", True), ("seed", False), ("seq_length", True), ("learning_rate", True),
+    ("num_warmup_steps", True), ("lora_alpha", False), ("task_weights", [1, True]), ("task_weights", {"a": True}),
+    ("task_sampling_weights", [True, 1.0]),
+])
+def test_a_boolean_is_not_a_number(key, value):
+    msg = config_error(**{key: value})
+    assert f"{key}: got " in msg and "a boolean where a number belongs" in msg
+
+
+def test_a_boolean_task_weight_in_data_paths_is_refused():
+    msg = config_error(data_paths=[{"path": "/d/a", "weight": True}])
+    assert "data_paths.0.weight" in msg and "boolean" in msg
+
+
+def test_numbers_still_pass_where_numbers_belong():
+    cfg = parse_config({**BASE, "learning_rate": 1, "lora_alpha": 16, "max_train_steps": 3, "min_lr": 0,
+                        "task_weights": [1, 2.5], "num_warmup_steps": 10, "seed": 0, "early_stopping": True})
+    assert cfg.learning_rate == 1.0 and isinstance(cfg.learning_rate, float) and cfg.lora_alpha == 16.0
+    assert cfg.max_train_steps == 3 and cfg.task_weights == [1.0, 2.5] and cfg.num_warmup_steps == 10
+    assert cfg.seed == 0 and cfg.early_stopping is True  # booleans stay fine where booleans belong
+
+
+def test_assignment_refuses_a_boolean_too():
+    cfg = parse_config(BASE)
+    with pytest.raises(ValueError, match="boolean"):
+        cfg.max_train_steps = True
+
+
+# --- task weights only where they apply ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", ["case1", "case2", "coba"])
+def test_task_weights_refused_where_the_mode_ignores_them(mode):
+    msg = config_error(weighted_loss_mode=mode, task_weights="[1,2]")
+    assert f"task_weights cannot be combined with weighted_loss_mode='{mode}'" in msg
+    assert "case3 and case4" in msg
+    msg = config_error(weighted_loss_mode=mode, data_paths=[{"path": "/d/a", "weight": 2}, "/d/b"])
+    assert f"data_paths.0.weight cannot be combined with weighted_loss_mode='{mode}'" in msg
+
+
+@pytest.mark.parametrize("mode", ["case3", "case4"])
+def test_task_weights_accepted_where_they_apply(mode):
+    cfg = parse_config({**BASE, "weighted_loss_mode": mode, "task_weights": "[1,2]"})
+    assert cfg.task_weights == [1.0, 2.0]
 
 
 def test_defaults_resolve_under_output_dir():
@@ -200,6 +258,19 @@ def test_file_errors_name_the_file(tmp_path):
     assert "did you mean 'learning_rate'" in str(info.value)
 
 
+def test_malformed_yaml_names_the_file_and_line(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("data_paths: [a, b]\noutput_dir: runs/x\nseq_length: [1, 2\nlearning_rate: 1e-4\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(str(bad))
+    msg = str(info.value)
+    assert msg.startswith(f"{bad}:4: invalid YAML:") and "\n" not in msg
+    tabs = tmp_path / "tabs.yml"
+    tabs.write_text("data_paths: [a]\n\toutput_dir: x\n")
+    with pytest.raises(ConfigError, match=rf"{tabs}:2: invalid YAML"):
+        load_config(str(tabs))
+
+
 def test_legacy_mftcoder_keys_are_accepted(tmp_path):
     cfg = parse_config({**BASE, "load_raw_dataset": True, "tokenizer_type": "AutoTokenizer", "model_type": "llama",
                         "tb_dir": "/tb"})
@@ -220,6 +291,42 @@ def test_check_environment_folder_without_config_json(tmp_path):
     cfg = parse_config({**BASE, "pretrained_model_path": str(tmp_path)})
     with pytest.raises(ConfigError, match="config.json"):
         check_environment(cfg)
+
+
+def copy_model(src, dst, skip=()):
+    os.makedirs(dst)
+    for name in os.listdir(src):
+        if name not in skip:
+            shutil.copy(os.path.join(src, name), dst)
+    return str(dst)
+
+
+def test_check_environment_broken_config_json_names_file_and_line(tiny_model_dir, tmp_path):
+    model = copy_model(tiny_model_dir, tmp_path / "m")
+    with open(os.path.join(model, "config.json"), "a") as f:
+        f.write("\n}\n")  # a stray brace after the object: what a bad merge or a cut copy leaves
+    lines = open(os.path.join(model, "config.json")).read().count("\n")
+    with pytest.raises(ConfigError) as info:
+        check_environment(parse_config({**BASE, "pretrained_model_path": model}))
+    assert str(info.value).startswith(f"{model}/config.json:{lines}: invalid JSON: Extra data")
+    (tmp_path / "m" / "config.json").write_text('{"hidden_size": 8}')
+    with pytest.raises(ConfigError, match="model_type"):
+        check_environment(parse_config({**BASE, "pretrained_model_path": model}))
+
+
+def test_check_environment_names_the_missing_tokenizer_files(tiny_model_dir, tmp_path):
+    tok = {"tokenizer.json", "tokenizer.model", "vocab.json", "merges.txt", "vocab.txt", "tokenizer_config.json"}
+    model = copy_model(tiny_model_dir, tmp_path / "m", skip=tok)
+    with pytest.raises(ConfigError) as info:
+        check_environment(parse_config({**BASE, "pretrained_model_path": model}))
+    msg = str(info.value)
+    assert msg.startswith(f"pretrained_model_path: no tokenizer files in {model!r}")
+    assert "tokenizer.json" in msg and "vocab.json + merges.txt" in msg and "sentencepiece" not in msg
+    (tmp_path / "m" / "vocab.json").write_text("{}")
+    with pytest.raises(ConfigError, match="it has vocab.json but not the rest of its set"):
+        check_environment(parse_config({**BASE, "pretrained_model_path": model}))
+    (tmp_path / "m" / "merges.txt").write_text("")
+    check_environment(parse_config({**BASE, "pretrained_model_path": model}))  # a BPE vocabulary is enough
 
 
 def test_check_environment_accepts_a_real_model(tiny_model_dir):

@@ -182,3 +182,46 @@ def test_error_survives_pickling_for_worker_processes():
     back = pickle.loads(pickle.dumps(err))
     assert (type(back), str(back), back.where, back.reason) == (DataFormatError, str(err), err.where, err.reason)
     assert isinstance(back, ValueError)
+
+
+# ---------------------------------------------------------------- gzip
+
+def test_iter_jsonl_reads_gzip_like_the_plain_file(tmp_path):
+    import gzip
+
+    content = b'\xef\xbb\xbf{"text": "a"}\r\n\n{"text": "b\xc3\xa9"}\n   \n{"text": "c"}'
+    plain, packed, misnamed = tmp_path / "f.jsonl", tmp_path / "f.jsonl.gz", tmp_path / "g.jsonl"
+    plain.write_bytes(content)
+    packed.write_bytes(gzip.compress(content))
+    misnamed.write_bytes(gzip.compress(content))  # gzip is recognised by its bytes, not its name
+    expected = list(iter_jsonl(str(plain)))
+    assert len(expected) == 5
+    assert list(iter_jsonl(str(packed))) == expected
+    assert list(iter_jsonl(str(misnamed))) == expected
+
+
+def test_non_utf8_inside_gzip_names_file_and_line(tmp_path):
+    import gzip
+
+    path = tmp_path / "f.jsonl.gz"
+    path.write_bytes(gzip.compress(b'{"text": "a"}\n{"text": "caf\xe9"}\n'))
+    with pytest.raises(DataFormatError, match=r"f\.jsonl\.gz:2: not valid UTF-8 \(byte 0xe9"):
+        list(iter_jsonl(str(path)))
+
+
+@pytest.mark.parametrize("damage", ["truncated", "garbled"])
+def test_corrupt_gzip_is_a_clear_error_naming_the_file(tmp_path, damage):
+    import gzip
+
+    data = gzip.compress(b"".join(json.dumps({"text": f"line {i} " * 20}).encode() + b"\n" for i in range(200)))
+    if damage == "truncated":
+        data = data[: len(data) // 2]
+    else:
+        data = data[:10] + bytes(b ^ 0x5A for b in data[10:60]) + data[60:]
+    path = tmp_path / "broken.jsonl.gz"
+    path.write_bytes(data)
+    with pytest.raises(DataFormatError) as err:
+        list(iter_jsonl(str(path)))
+    msg = str(err.value)
+    assert msg.startswith(f"{path}:") and "cannot read the gzip data" in msg and "gzip -t" in msg
+    assert "UTF-8" not in msg and "iconv" not in msg

@@ -6,14 +6,9 @@ import sys
 import pytest
 import torch
 
-from mftcoder.infer.generate import (
-    GenerationSettings,
-    decode_batch,
-    generate_texts,
-    load_model,
-    record_messages,
-    render_messages,
-)
+from mftcoder.infer.engine import GenerationSettings, decode_batch, generate_texts
+from mftcoder.infer.prompts import record_messages, render_messages
+from mftcoder.model.inference import load_for_inference as load_model
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PROMPTS = ["def add_1(a, b):\n", "The quick brown fox number 7 jumps", "def", "<s>human\nWrite a function.\n<s>bot\n",
@@ -114,8 +109,9 @@ def test_records_map_to_messages_and_render_with_the_training_template(tiny_chat
     assert render_messages(tok, record_messages({"prompt": "hi", "system": "S"})) == "<s>system\nS\n<s>human\nhi\n<s>bot\n"
     with pytest.raises(ValueError, match="x.jsonl:3"):
         record_messages({"text": "no prompt"}, "x.jsonl:3")
-    with pytest.raises(ValueError, match="last turn is the assistant"):
-        record_messages({"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]})
+    # a trailing answer (the reference) is not part of the prompt
+    assert record_messages({"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}) \
+        == [{"role": "user", "content": "q"}]
 
 
 def _cli(args, **kw):

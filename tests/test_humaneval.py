@@ -157,3 +157,22 @@ def test_cli_entry_points(tmp_path):
         assert res.returncode == 0, res.stderr
         assert json.loads(res.stdout.strip().splitlines()[-1])["pass@1"] == 1.0
         assert json.loads(out.read_text())["n_problems"] == 5
+
+
+def test_uneven_samples_per_problem_are_scored_with_each_ones_n_and_warned(tmp_path, capsys):
+    p0, p1 = load_problems(limit=2)
+    samples = _write_jsonl(tmp_path / "s.jsonl", [
+        {"task_id": p0.task_id, "completion": p0.canonical_solution},
+        {"task_id": p0.task_id, "completion": "    return None\n"},
+        {"task_id": p1.task_id, "completion": p1.canonical_solution},
+    ])
+    res = _eval("--samples", samples, "--limit", "2", "--k", "1,2", "--out", str(tmp_path / "r.json"))
+    err = capsys.readouterr().err
+    assert ("warning: uneven samples per problem: 1 samples for 1 problem(s), 2 samples for 1 problem(s) "
+            f"(e.g. {p1.task_id} has 1); pass@k uses each problem's own n") in err
+    assert res["pass@1"] == pytest.approx((0.5 + 1.0) / 2) and "pass@2" not in res
+    assert res["samples_per_problem"] == [1, 2]
+    even = _write_jsonl(tmp_path / "e.jsonl", [{"task_id": p.task_id, "completion": p.canonical_solution}
+                                               for p in (p0, p1)])
+    _eval("--samples", even, "--limit", "2", "--k", "1", "--out", str(tmp_path / "e.json"))
+    assert "uneven" not in capsys.readouterr().err

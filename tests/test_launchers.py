@@ -140,6 +140,8 @@ def test_accelerate_configs():
     for n in SINGLE_NODE:
         one, many = load_yaml(n), load_yaml(f"{n}_multinode")
         assert one["num_machines"] == 1 and many["num_machines"] > 1 and many["rdzv_backend"] == "static"
+        # `accelerate launch --config_file <one node>` as written: a process per GPU, bf16 where the hardware has it
+        assert one["num_processes"] == "auto" and one["mixed_precision"] == many["mixed_precision"] == "bf16"
         want = {"ddp": "MULTI_GPU", "fsdp2": "FSDP"}.get(n, "DEEPSPEED")
         assert one["distributed_type"] == many["distributed_type"] == want
         if want == "DEEPSPEED":

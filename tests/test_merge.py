@@ -10,7 +10,8 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from mftcoder.merge import merge_adapter, normalize_key
+from mftcoder.merge import merge_adapter
+from mftcoder.model.adapters import normalize_key
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TEMPLATE = ("{% for m in messages %}{{ '<s>' + ('human' if m['role'] == 'user' else 'bot') + '\\n' + m['content'] + '\\n' }}"
@@ -206,7 +207,8 @@ def test_qlora_adapter_merges_into_full_precision_base(tiny_model_dir, qlora_dir
 
 
 def test_generate_with_adapter_equals_generate_with_merged_model(tiny_model_dir, lora_dir, tmp_path):
-    from mftcoder.infer.generate import GenerationSettings, generate_texts, load_model
+    from mftcoder.infer.engine import GenerationSettings, generate_texts
+    from mftcoder.model.inference import load_for_inference as load_model
 
     merged_dir = merge_adapter(tiny_model_dir, lora_dir, str(tmp_path / "merged"))
     prompts = ["def add_5(a, b):\n", "The quick brown"]
@@ -215,3 +217,78 @@ def test_generate_with_adapter_equals_generate_with_merged_model(tiny_model_dir,
     merged = generate_texts(*load_model(merged_dir), prompts, settings, progress=False)
     base = generate_texts(*load_model(tiny_model_dir), prompts, settings, progress=False)
     assert on_the_fly.texts == merged.texts and merged.texts != base.texts
+
+
+# ------------------------------------------------------------------------------------------- the wrong base
+def _variant_base(tiny_model_dir, out, vocab_tokens=None, **changes):
+    """The tiny Llama with other sizes (fresh random weights); another tokenizer when `vocab_tokens` is given."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    from mftcoder.testing import build_tokenizer
+
+    tok = build_tokenizer(vocab_tokens) if vocab_tokens else AutoTokenizer.from_pretrained(tiny_model_dir)
+    config = AutoConfig.from_pretrained(tiny_model_dir)
+    for key, value in changes.items():
+        setattr(config, key, value)
+    if vocab_tokens:
+        config.vocab_size = len(tok)
+    torch.manual_seed(1)
+    AutoModelForCausalLM.from_config(config).save_pretrained(str(out))
+    tok.save_pretrained(str(out))
+    return str(out)
+
+
+def _unrecorded(adapter_dir, out):
+    """The adapter with a hub id as its recorded base, so only the layer and vocabulary checks can tell."""
+    shutil.copytree(adapter_dir, out)
+    cfg = json.load(open(out / "adapter_config.json"))
+    cfg["base_model_name_or_path"] = "some-org/some-model"
+    (out / "adapter_config.json").write_text(json.dumps(cfg))
+    return str(out)
+
+
+def test_adapter_on_a_base_with_more_layers_is_refused_unless_forced(tiny_model_dir, lora_dir, tmp_path, capsys):
+    base3 = _variant_base(tiny_model_dir, tmp_path / "base3", num_hidden_layers=3)
+    with pytest.raises(ValueError, match=r"num_hidden_layers 2 \(recorded base .*\) vs 3; layers: the adapter adapts "
+                                         r"layers up to 1 \(2 layers\), the base has 3.*--force"):
+        merge_adapter(base3, lora_dir, str(tmp_path / "m"))
+    moved = _unrecorded(lora_dir, tmp_path / "moved")
+    with pytest.raises(ValueError, match=r"was not trained on base .*: layers: the adapter adapts layers up to 1"):
+        merge_adapter(base3, moved, str(tmp_path / "m"))
+    assert not (tmp_path / "m").exists()
+    env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
+    cli = [sys.executable, "-m", "mftcoder.merge", "--base", base3, "--adapter", moved, "--output", str(tmp_path / "m")]
+    res = subprocess.run(cli, capture_output=True, text=True, cwd=REPO, env=env, timeout=300)
+    assert res.returncode == 2 and "error: adapter" in res.stderr and "the base has 3" in res.stderr
+    assert "Traceback" not in res.stderr and not (tmp_path / "m").exists()
+    from mftcoder.merge import build_parser
+
+    assert "--force" in build_parser().format_help()
+    merge_adapter(base3, moved, str(tmp_path / "m"), force=True)
+    assert "warning: adapter" in capsys.readouterr().err
+    assert os.path.isfile(tmp_path / "m" / "model.safetensors")
+
+
+def test_adapter_on_a_base_with_another_vocabulary_is_refused(tiny_model_dir, lora_dir, tmp_path):
+    other_vocab = _variant_base(tiny_model_dir, tmp_path / "vocab", vocab_tokens=700)
+    with pytest.raises(ValueError, match=r"vocab_size 512 \(recorded base .*\) vs 7\d\d.*vocabulary: the adapter's "
+                                         r"tokenizer has 512 tokens, the base's 7\d\d"):
+        merge_adapter(other_vocab, lora_dir, str(tmp_path / "m"))
+    with pytest.raises(ValueError, match=r"was not trained on base .*: vocabulary: the adapter's tokenizer has 512"):
+        merge_adapter(other_vocab, _unrecorded(lora_dir, tmp_path / "moved"), str(tmp_path / "m"))
+    # same tokenizer files but a 700-row embedding: only the recorded base's config tells
+    more_rows = _variant_base(tiny_model_dir, tmp_path / "rows", vocab_size=700)
+    with pytest.raises(ValueError, match=r"vocab_size 512 \(recorded base .*\) vs 700"):
+        merge_adapter(more_rows, lora_dir, str(tmp_path / "m"))
+    assert not (tmp_path / "m").exists()
+
+
+def test_generate_refuses_an_adapter_on_the_wrong_base_unless_forced(tiny_model_dir, lora_dir, tmp_path):
+    from mftcoder.model.inference import load_for_inference
+
+    base3 = _variant_base(tiny_model_dir, tmp_path / "base3", num_hidden_layers=3)
+    with pytest.raises(ValueError, match="the base has 3"):
+        load_for_inference(base3, adapter=lora_dir)
+    model, _ = load_for_inference(base3, adapter=lora_dir, force=True)
+    assert not [n for n, _ in model.named_modules() if "lora" in n]
+    model, _ = load_for_inference(tiny_model_dir, adapter=lora_dir)  # the right base passes the checks

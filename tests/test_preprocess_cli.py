@@ -121,6 +121,41 @@ def test_preprocess_config_errors_exit_2_naming_the_key(tmp_path, tiny_model_dir
     assert "does not exist" in capsys.readouterr().err
 
 
+def test_failed_preprocess_leaves_no_stale_data_stats(tmp_path, tiny_model_dir, capsys):
+    write_task(str(tmp_path / "data" / "completion"), [chat(i) for i in range(5)])
+    write_task(str(tmp_path / "data" / "tests"), [chat(i) for i in range(5)])
+    cfg = write_config(tmp_path, tiny_model_dir)
+    assert cli.main(["preprocess", "--train_config", cfg]) == 0
+    stats = tmp_path / "out" / "data_stats.json"
+    assert json.loads(stats.read_text())["tasks"]["tests"]["lines"] == 5
+    capsys.readouterr()
+    # the same output_dir, now with a bad line: the earlier run's statistics must not survive to be read as this one's
+    write_task(str(tmp_path / "data" / "tests"), [chat(1), '{"chat_rounds": [}'])
+    assert cli.main(["preprocess", "--train_config", cfg]) == 2
+    assert "data.jsonl:2: invalid JSON" in capsys.readouterr().err
+    assert not stats.exists()
+    # a good run writes it again; a run whose data cannot even be found removes it too
+    write_task(str(tmp_path / "data" / "tests"), [chat(i) for i in range(3)])
+    assert cli.main(["preprocess", "--train_config", cfg]) == 0
+    assert json.loads(stats.read_text())["tasks"]["tests"]["lines"] == 3
+    cfg = write_config(tmp_path, tiny_model_dir, data_paths=[str(tmp_path / "data" / "nope")])
+    assert cli.main(["preprocess", "--train_config", cfg]) == 2
+    assert not stats.exists()
+    assert not [f for f in os.listdir(tmp_path / "out") if f.startswith(".data_stats")]  # no temporary left
+
+
+def test_json_only_task_folder_exits_2_listing_what_it_found(tmp_path, tiny_model_dir, capsys):
+    write_task(str(tmp_path / "data" / "completion"), [chat(1)])
+    folder = tmp_path / "data" / "tests"
+    folder.mkdir(parents=True)
+    (folder / "train.json").write_text(json.dumps([json.loads(chat(1)), json.loads(chat(2))]))
+    (folder / "README.md").write_text("exported from the labelling tool")
+    assert cli.main(["preprocess", "--train_config", write_config(tmp_path, tiny_model_dir)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: data_paths: folder") and "contains no .jsonl file" in err
+    assert "found 2 file(s): README.md, train.json" in err and "jq -c" in err
+
+
 def test_preprocess_overrides(tmp_path, tiny_model_dir, capsys):
     write_task(str(tmp_path / "data" / "completion"), [chat(i) for i in range(4)])
     write_task(str(tmp_path / "data" / "tests"), [chat(i) for i in range(4)])

@@ -54,12 +54,12 @@ def test_proportional_epoch_visits_every_unit_once_plus_reported_padding():
         plan = sampler.epoch_plan(epoch)
         assert len(plan) == 6 and all(len(b) == 8 for b in plan)
         flat = [u for b in plan for u in b]
-        pad = sampler.padded_units(epoch)
+        pad = sampler.padded_units()
         assert pad == 48 - 41 == 7
         everything = {(k, i) for k, n in enumerate(units) for i in range(n)}
         assert set(flat[:41]) == everything and len(set(flat[:41])) == 41
         assert flat[41:] == flat[:pad]  # the last batch is completed from the start of the epoch's order
-    assert TaskBalancedSampler(UNITS, 8).padded_units(0) == 0
+    assert TaskBalancedSampler(UNITS, 8).padded_units() == 0
 
 
 def epoch_task_counts(sampler, epoch):
@@ -138,21 +138,25 @@ def test_deterministic_reseeded_each_epoch_and_seed_dependent():
 
 
 def test_resume_reproduces_the_uninterrupted_batches():
+    # the sampler keeps no position: a fresh sampler (as after a resume) asked for step N gives the uninterrupted
+    # run's batch N, across epoch boundaries and whatever steps were asked before
     uninterrupted = TaskBalancedSampler(UNITS, 8, strategy="uniform", seed=4)
-    expected = [uninterrupted.next_batch() for _ in range(17)]
+    expected = [uninterrupted.global_batch(step) for step in range(17)]
     first = TaskBalancedSampler(UNITS, 8, strategy="uniform", seed=4)
-    head = [first.next_batch() for _ in range(7)]
+    head = [first.global_batch(step) for step in range(7)]
     state = first.state_dict()
-    assert state["step"] == 7
+    assert "step" not in state  # the training loop's step is the one owner of the position
     resumed = TaskBalancedSampler(UNITS, 8, strategy="uniform", seed=4)
-    resumed.load_state_dict(dict(state))
-    tail = [next(iter(resumed)) for _ in range(10)]
+    resumed.load_state_dict(dict(state, step=7))  # older checkpoints also hold a step: accepted and ignored
+    tail = [resumed.global_batch(step) for step in range(7, 17)]
     assert head + tail == expected
-    assert resumed.step == 17
+    assert [resumed.global_batch(step) for step in (16, 3, 16)] == [expected[16], expected[3], expected[16]]
     with pytest.raises(ValueError, match="global_batch_size=8 but this run has global_batch_size=16"):
         TaskBalancedSampler(UNITS, 16, strategy="uniform", seed=4).load_state_dict(state)
     with pytest.raises(ValueError, match="seed"):
         TaskBalancedSampler(UNITS, 8, strategy="uniform", seed=5).load_state_dict(state)
+    with pytest.raises(ValueError, match="units_per_task"):
+        TaskBalancedSampler([13, 5, 23], 8, strategy="uniform", seed=4).load_state_dict(state)
 
 
 def test_group_by_task_makes_single_task_micro_batches_where_possible():

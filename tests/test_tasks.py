@@ -106,6 +106,86 @@ def test_missing_path_is_an_error(tmp_path):
     assert "nowhere" in str(info.value)
 
 
+def test_gzip_files_are_task_files_and_the_suffix_is_not_part_of_the_name(tmp_path):
+    root = tmp_path / "task"
+    write_task(root, files=("a.jsonl", "b.jsonl.gz", "c.json.gz", "d.gz"))
+    assert [os.path.relpath(f, root) for f in find_jsonl_files(str(root))] == ["a.jsonl", "b.jsonl.gz"]
+    single = tmp_path / "text2code.jsonl.gz"
+    single.write_bytes(b"")
+    assert [t.name for t in resolve_tasks(cfg_for([str(root), str(single)]))] == ["task", "text2code"]
+
+
+def test_json_only_folder_error_lists_what_it_found(tmp_path):
+    root = tmp_path / "task"
+    write_task(root, files=("a.json", "b.json", "notes.txt"))
+    with pytest.raises(ConfigError, match="contains no .jsonl file") as info:
+        resolve_tasks(cfg_for([str(root)]))
+    msg = str(info.value)
+    assert "found 3 file(s): a.json, b.json, notes.txt" in msg
+    assert "expected *.jsonl or *.jsonl.gz" in msg
+    assert "jq -c '.[]' data.json > data.jsonl" in msg  # how to turn a JSON array into lines
+
+
+def test_many_unrelated_files_are_listed_briefly(tmp_path):
+    root = tmp_path / "task"
+    write_task(root, files=[f"f{i}.txt" for i in range(8)])
+    with pytest.raises(ConfigError) as info:
+        find_jsonl_files(str(root))
+    assert "found 8 file(s): f0.txt, f1.txt, f2.txt, f3.txt, f4.txt and 3 more" in str(info.value)
+    assert "jq" not in str(info.value)
+
+
+# --- symlinks --------------------------------------------------------------------------------------------------------
+
+
+def test_symlinked_subfolder_is_read(tmp_path):
+    root = write_task(tmp_path / "task", files=("a.jsonl",))
+    write_task(tmp_path / "elsewhere", files=("b.jsonl", "deep/c.jsonl"))
+    os.symlink(tmp_path / "elsewhere", tmp_path / "task" / "linked")
+    rel = [os.path.relpath(f, root) for f in find_jsonl_files(root)]
+    assert rel == ["a.jsonl", "linked/b.jsonl", "linked/deep/c.jsonl"]
+
+
+def test_symlink_loop_ends_and_each_file_is_read_once(tmp_path, caplog):
+    root = write_task(tmp_path / "task", files=("a.jsonl", "sub/b.jsonl"))
+    os.symlink(root, os.path.join(root, "sub", "back_to_top"))  # task/sub/back_to_top -> task
+    os.symlink(os.path.join(root, "sub"), os.path.join(root, "sub_again"))  # a second way into task/sub
+    os.symlink(os.path.join(root, "a.jsonl"), os.path.join(root, "z_same.jsonl"))  # a second name for a file
+    with caplog.at_level("WARNING"):
+        rel = [os.path.relpath(f, root) for f in find_jsonl_files(root)]
+    assert rel == ["a.jsonl", "sub/b.jsonl"]
+    assert "the same folder as" in caplog.text and "the same file as" in caplog.text
+
+
+def test_broken_symlink_is_an_error(tmp_path):
+    root = write_task(tmp_path / "task")
+    os.symlink(tmp_path / "gone.jsonl", os.path.join(root, "x.jsonl"))
+    with pytest.raises(ConfigError, match="symlink to nothing"):
+        find_jsonl_files(root)
+
+
+def test_a_folder_and_a_link_to_it_as_two_tasks_is_refused(tmp_path):
+    real = write_task(tmp_path / "real", files=("part.jsonl",))
+    os.symlink(real, tmp_path / "alias")
+    with pytest.raises(ConfigError) as info:
+        resolve_tasks(cfg_for([real, str(tmp_path / "alias")]))
+    msg = str(info.value)
+    assert "tasks 'real' and 'alias' both hold the file" in msg
+    assert os.path.join(real, "part.jsonl") in msg and "would train twice" in msg
+
+
+def test_overlapping_tasks_are_refused(tmp_path):
+    outer = write_task(tmp_path / "outer", files=("x.jsonl", "inner/y.jsonl"))
+    with pytest.raises(ConfigError, match="tasks 'outer' and 'y' both hold the file"):  # a folder and a file in it
+        resolve_tasks(cfg_for([outer, os.path.join(outer, "inner", "y.jsonl")]))
+    with pytest.raises(ConfigError, match="tasks 'a' and 'b' both hold the file"):  # one folder under two names
+        resolve_tasks(cfg_for([{"name": "a", "path": outer}, {"name": "b", "path": outer}]))
+    elsewhere = write_task(tmp_path / "other", files=("z.jsonl",))
+    os.symlink(os.path.join(outer, "x.jsonl"), os.path.join(elsewhere, "x_link.jsonl"))  # a file linked in
+    with pytest.raises(ConfigError, match="tasks 'outer' and 'other' both hold the file"):
+        resolve_tasks(cfg_for([outer, elsewhere]))
+
+
 # --- weights ---------------------------------------------------------------------------------------------------------
 
 

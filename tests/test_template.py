@@ -210,7 +210,31 @@ def test_chatml_needs_its_special_tokens():
 def test_bad_names_and_markers(tiny_tokenizer):
     with pytest.raises(TemplateError, match="unknown template 'llama'; valid templates: mftcoder, chatml, tokenizer"):
         get_template("llama", tiny_tokenizer)
-    with pytest.raises(TemplateError, match="unknown role 'bot'; valid roles: system, user, assistant"):
+    with pytest.raises(TemplateError, match=r"unknown role\(s\) \['bot'\]; valid roles: system, user, assistant"):
         get_template("mftcoder", tiny_tokenizer, role_markers={"bot": "B:"})
     with pytest.raises(TemplateError, match="only apply to the 'mftcoder' template"):
         get_template("chatml", tiny_tokenizer, role_markers={"user": "U:"})
+
+
+@pytest.mark.parametrize("template,markers", [
+    ("mftcoder", {"bot": "B:"}), ("mftcoder", {"user": 3}), ("chatml", {"user": "U:"}), ("tokenizer", {"user": "U:"}),
+    ("chatml", {}), ("mftcoder", {"user": "U: "}), ("chatml", None),
+])
+def test_role_markers_have_one_rule_for_the_config_and_the_template(tiny_tokenizer, template, markers):
+    """The config decides; a template built without a config applies the same rule with the same message."""
+    from mftcoder.config import ConfigError, parse_config
+
+    base = {"data_paths": "[a]", "pretrained_model_path": "/m", "output_dir": "/o"}
+    try:
+        parse_config({**base, "template": template, "role_markers": markers})
+        config_msg = None
+    except ConfigError as e:
+        config_msg = str(e)
+    try:
+        get_template(template, tiny_tokenizer, role_markers=markers)
+        template_msg = None
+    except TemplateError as e:  # chatml/tokenizer also want special tokens the tiny tokenizer lacks: not ours here
+        template_msg = str(e) if "role_markers" in str(e) else None
+    assert (config_msg is None) == (template_msg is None), (config_msg, template_msg)
+    if template_msg is not None and not isinstance(next(iter(markers.values())), int):  # pydantic words type errors
+        assert template_msg in config_msg

@@ -108,3 +108,66 @@ def test_coba_without_any_validation_sample(broken_model_dir, tmp_path, capsys):
     rc, err = run_cli(tmp_path, capsys, base_config(broken_model_dir, few, tmp_path, weighted_loss_mode="coba",
                                                     data_split="99,1,0"))
     assert rc == 2 and "coba" in err and "validation" in err
+
+
+# --- bad files give one `error:` line and exit 2, never a traceback ---------------------------------------------------
+
+
+def assert_one_error_line(rc: int, err: str, *fragments: str) -> str:
+    """Exit 2, exactly one `error:` line holding every fragment, no traceback."""
+    assert rc == 2 and "Traceback" not in err, err
+    lines = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1, err
+    for fragment in fragments:
+        assert fragment in lines[0], (fragment, lines[0])
+    return lines[0]
+
+
+def test_malformed_yaml_config(tmp_path, capsys):
+    path = tmp_path / "cfg.yaml"
+    path.write_text("data_paths: [a, b]\noutput_dir: runs/x\nseq_length: {64\nlearning_rate: 1e-4\n")
+    rc = main(["--train_config", str(path)])
+    assert_one_error_line(rc, capsys.readouterr().err, f"error: {path}:4: invalid YAML")
+
+
+def copy_model_without(src, dst, skip=()) -> str:
+    os.makedirs(dst)
+    for name in os.listdir(src):
+        if name not in skip:
+            shutil.copy(os.path.join(src, name), dst)
+    return str(dst)
+
+
+def test_model_folder_with_a_broken_config_json(broken_model_dir, tasks, tmp_path, capsys):
+    model = copy_model_without(broken_model_dir, tmp_path / "model")
+    text = open(os.path.join(model, "config.json")).read()
+    open(os.path.join(model, "config.json"), "w").write(text[: len(text) // 2])  # cut short, as by a killed copy
+    rc, err = run_cli(tmp_path, capsys, base_config(model, tasks, tmp_path))
+    assert_one_error_line(rc, err, f"{model}/config.json:", "invalid JSON")
+    assert not os.path.exists(tmp_path / "out")
+
+
+def test_model_folder_without_tokenizer_files(broken_model_dir, tasks, tmp_path, capsys):
+    model = copy_model_without(broken_model_dir, tmp_path / "model",
+                               skip={"tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json",
+                                     "merges.txt", "special_tokens_map.json"})
+    rc, err = run_cli(tmp_path, capsys, base_config(model, tasks, tmp_path))
+    line = assert_one_error_line(rc, err, "no tokenizer files in", "tokenizer.json", "tokenizer.model")
+    assert "sentencepiece" not in line and "tiktoken" not in line.replace("*.tiktoken", "")
+
+
+def test_boolean_max_train_steps_is_refused(broken_model_dir, tasks, tmp_path, capsys):
+    """`max_train_steps: true` used to run one step; the broken weights show no model was reached."""
+    rc, err = run_cli(tmp_path, capsys, base_config(broken_model_dir, tasks, tmp_path, max_train_steps=True))
+    assert rc == 2 and "max_train_steps: got true: a boolean where a number belongs" in err
+
+
+def test_task_weights_under_case1_is_refused(broken_model_dir, tasks, tmp_path, capsys):
+    rc, err = run_cli(tmp_path, capsys, base_config(broken_model_dir, tasks, tmp_path, weighted_loss_mode="case1",
+                                                    task_weights=[1, 3]))
+    assert rc == 2 and "task_weights cannot be combined with weighted_loss_mode='case1'" in err
+
+
+def test_data_split_not_summing_to_100_is_refused(broken_model_dir, tasks, tmp_path, capsys):
+    rc, err = run_cli(tmp_path, capsys, base_config(broken_model_dir, tasks, tmp_path, data_split="9,1,0"))
+    assert rc == 2 and "data_split '9,1,0' must be" in err and "sum to 100" in err

@@ -1,4 +1,5 @@
-"""Tokenise every task once, in parallel, into a memory-mapped cache keyed by a fingerprint of everything that matters.
+"""Tokenise every task once (tokenise.py, in parallel) into a memory-mapped cache keyed by a fingerprint of everything
+that matters, and account for every line in the statistics.
 
 Layout of one cache entry, `<cache_dir>/<fingerprint>/`:
   ids.npy    int32, all samples' token ids back to back (memory-mapped on load)
@@ -12,25 +13,19 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import multiprocessing as mp
 import os
 import shutil
 import tempfile
-from collections import deque
 from dataclasses import dataclass
-from typing import Iterable, Iterator, Optional
+from typing import Optional
 
 import numpy as np
 
 from mftcoder.config import TrainConfig
-from mftcoder.data.formats import DataFormatError, parse_line
-from mftcoder.data.tasks import Task, resolve_tasks, split_of
+from mftcoder.data.formats import DataFormatError
+from mftcoder.data.tasks import Task, resolve_tasks
 from mftcoder.data.template import TemplateError, get_template
-
-try:  # a tokenizer's own chat_template may raise_exception() on a conversation it does not accept
-    from jinja2.exceptions import TemplateError as JinjaTemplateError
-except ImportError:  # pragma: no cover
-    JinjaTemplateError = TemplateError
+from mftcoder.data.tokenise import EncodeSettings, LineResult, tokenise_tasks
 
 log = logging.getLogger(__name__)
 
@@ -115,104 +110,6 @@ def content_digest(inputs: dict) -> str:
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# tokenising workers
-
-
-@dataclass
-class _Job:
-    task_id: int
-    path: str
-    lines: list[tuple[int, bytes]]
-    nbytes: int
-
-
-_WORKER: dict = {}
-
-
-def _init_worker(tokenizer, template_name, role_markers, settings) -> None:
-    _WORKER["template"] = get_template(template_name, tokenizer, role_markers)
-    _WORKER["settings"] = settings
-
-
-def _decode(data: bytes, lineno: int, where: str) -> str:
-    if lineno == 1 and data.startswith(b"\xef\xbb\xbf"):  # a UTF-8 byte order mark is not JSON
-        data = data[3:]
-    try:
-        return data.decode("utf-8").rstrip("\r\n")
-    except UnicodeDecodeError as e:
-        raise DataFormatError(where, f"not valid UTF-8 (byte 0x{data[e.start]:02x} at byte {e.start + 1} of the "
-                                     "line); expected UTF-8 text (re-encode the file, e.g. with iconv)") from None
-
-
-def _encode_job(job: _Job) -> tuple[_Job, list[tuple]]:
-    """-> (job without its lines, per line (lineno, status, payload)). status: ok | blank | rejected | dropped;
-    payload: (ids, mask, split, overlong) for ok, the reason for rejected, (reason, overlong) for dropped."""
-    template = _WORKER["template"]
-    s = _WORKER["settings"]
-    max_len = s["seq_length"] + 1  # a sample of n tokens gives n-1 (input, target) positions
-    out = []
-    for lineno, data in job.lines:
-        where = f"{job.path}:{lineno}"
-        try:
-            raw = _decode(data, lineno, where)
-            if not raw.strip():
-                out.append((lineno, "blank", None))
-                continue
-            conv = parse_line(raw, where, require_assistant_last=s["tokenize_mode"] == "sft")
-            try:
-                enc = template.encode(conv)
-            except (TemplateError, JinjaTemplateError) as e:
-                raise DataFormatError(where, f"template {template.name!r} cannot render this line: {e}") from None
-        except DataFormatError as e:
-            out.append((lineno, "rejected", str(e)))
-            continue
-        ids = np.asarray(enc.input_ids, dtype=np.int32)
-        mask = np.asarray(enc.loss_mask, dtype=np.uint8)
-        if s["tokenize_mode"] == "pretrain":
-            mask = np.ones_like(mask)
-        overlong = len(ids) > max_len
-        if overlong:
-            if s["overlong_policy"] == "drop":
-                out.append((lineno, "dropped", (f"{where}: {len(ids)} tokens > seq_length+1 = {max_len}", True)))
-                continue
-            ids, mask = ids[:max_len], mask[:max_len]
-        if mask[1:].sum() == 0:
-            # nothing left to learn from (e.g. the prompt alone fills seq_length): counted as dropped, never silent
-            out.append((lineno, "dropped", (f"{where}: no trained token within seq_length+1 = {max_len}", overlong)))
-            continue
-        out.append((lineno, "ok", (ids, mask, split_of(raw, s["fractions"]), overlong)))
-    return _Job(job.task_id, job.path, [], job.nbytes), out
-
-
-def _jobs(tasks: list[Task], chunk_lines: int = 256) -> Iterator[_Job]:
-    """Chunks of raw lines in task, file and line order (the order results are consumed in)."""
-    for task in tasks:
-        for path in task.files:
-            buf: list[tuple[int, bytes]] = []
-            nbytes = 0
-            with open(path, "rb") as f:
-                for lineno, data in enumerate(f, start=1):
-                    buf.append((lineno, data))
-                    nbytes += len(data)
-                    if len(buf) >= chunk_lines:
-                        yield _Job(task.task_id, path, buf, nbytes)
-                        buf, nbytes = [], 0
-            if buf:
-                yield _Job(task.task_id, path, buf, nbytes)
-
-
-def _ordered(pool, jobs: Iterable[_Job], window: int) -> Iterator[tuple[_Job, list[tuple]]]:
-    """Results in job order with at most `window` jobs in flight (Pool.imap would read every file into its queue)."""
-    pending: deque = deque()
-    for job in jobs:
-        pending.append(pool.apply_async(_encode_job, (job,)))
-        if len(pending) >= window:
-            yield pending.popleft().get()
-    while pending:
-        yield pending.popleft().get()
-
-
-# ---------------------------------------------------------------------------------------------------------------------
 # the cache
 
 
@@ -250,57 +147,55 @@ class TokenizedData:
         return [t.task.name for t in self.tasks]
 
 
+def _count(st: dict, r: LineResult) -> None:
+    """Account for one line in its task's statistics."""
+    st["lines"] += 1
+    if r.status == "blank":
+        st["blank"] += 1
+    elif r.status == "rejected":
+        st["rejected"] += 1
+    elif r.status == "dropped":
+        st["overlong"] += int(r.overlong)
+        st["dropped"] += 1
+    else:
+        st["overlong"] += int(r.overlong)
+        st["truncated"] += int(r.overlong)
+        st[f"{r.split}_samples"] += 1
+        st["tokens"] += len(r.ids)
+        st["loss_tokens"] += int(r.mask[1:].sum())
+
+
 def _build(cfg: TrainConfig, tasks: list[Task], tokenizer, out_dir: str, num_workers: int, progress: bool) -> dict:
     from tqdm import tqdm
 
     stats = {t.name: {"files": list(t.files), **{k: 0 for k in STAT_KEYS}} for t in tasks}
     ids_parts, mask_parts, index_rows, offset = [], [], [], 0
     rejected_examples: dict[str, list[str]] = {t.name: [] for t in tasks}
-    settings = {"seq_length": cfg.seq_length, "tokenize_mode": cfg.tokenize_mode,
-                "overlong_policy": cfg.overlong_policy, "fractions": cfg.split_fractions}
-    init_args = (tokenizer, cfg.template, cfg.role_markers, settings)
     total_bytes = sum(os.path.getsize(f) for t in tasks for f in t.files)
     bar = tqdm(total=total_bytes, desc="tokenising", unit="B", unit_scale=True, disable=not progress,
                dynamic_ncols=True)
-    if num_workers > 1:
-        pool = mp.get_context("fork").Pool(num_workers, initializer=_init_worker, initargs=init_args)
-        results = _ordered(pool, _jobs(tasks), window=4 * num_workers)
-    else:
-        pool = None
-        _init_worker(*init_args)
-        results = map(_encode_job, _jobs(tasks))
+    results = tokenise_tasks(tasks, tokenizer, EncodeSettings.from_config(cfg), num_workers)
     try:
-        for job, res in results:
-            st = stats[tasks[job.task_id].name]
-            for lineno, status, payload in res:
-                st["lines"] += 1
-                if status == "blank":
-                    st["blank"] += 1
-                elif status == "rejected":
+        for job, lines in results:
+            name = tasks[job.task_id].name
+            for r in lines:
+                if r.status == "rejected":
                     if cfg.on_bad_line == "error":
-                        raise PreprocessError(f"{payload}\n(set \"on_bad_line\": \"skip\" to skip and count bad lines)")
-                    st["rejected"] += 1
-                    if len(rejected_examples[tasks[job.task_id].name]) < 5:
-                        rejected_examples[tasks[job.task_id].name].append(payload)
-                elif status == "dropped":
-                    st["overlong"] += int(payload[1])
-                    st["dropped"] += 1
-                else:
-                    ids, mask, split, overlong = payload
-                    st["overlong"] += int(overlong)
-                    st["truncated"] += int(overlong)
-                    st[f"{split}_samples"] += 1
-                    st["tokens"] += len(ids)
-                    st["loss_tokens"] += int(mask[1:].sum())
-                    ids_parts.append(ids)
-                    mask_parts.append(mask)
-                    index_rows.append((job.task_id, SPLITS.index(split), offset, len(ids)))
-                    offset += len(ids)
+                        raise PreprocessError(f"{r.reason}\n(set \"on_bad_line\": \"skip\" to skip and count bad lines)")
+                    if len(rejected_examples[name]) < 5:
+                        rejected_examples[name].append(r.reason)
+                _count(stats[name], r)
+                if r.status == "ok":
+                    ids_parts.append(r.ids)
+                    mask_parts.append(r.mask)
+                    index_rows.append((job.task_id, SPLITS.index(r.split), offset, len(r.ids)))
+                    offset += len(r.ids)
             bar.update(job.nbytes)
+    except DataFormatError as e:  # a file that cannot be read at all (a broken gzip): no line of it is usable
+        raise PreprocessError(str(e)) from None
     finally:
         bar.close()
-        if pool is not None:
-            pool.terminate()
+        results.close()  # stops the worker processes now, not when the generator is collected
     np.save(os.path.join(out_dir, "ids.npy"), np.concatenate(ids_parts) if ids_parts else np.zeros(0, np.int32))
     np.save(os.path.join(out_dir, "mask.npy"), np.concatenate(mask_parts) if mask_parts else np.zeros(0, np.uint8))
     np.save(os.path.join(out_dir, "index.npy"), np.asarray(index_rows, dtype=np.int64).reshape(-1, 4))
@@ -389,9 +284,28 @@ def stats_table(stats: dict) -> str:
     return "\n".join(lines)
 
 
+STATS_FILE = "data_stats.json"
+
+
 def write_stats(output_dir: str, stats: dict) -> str:
+    """Written under a temporary name and renamed: a reader sees the old file or the whole new one."""
     os.makedirs(output_dir, exist_ok=True)
-    path = os.path.join(output_dir, "data_stats.json")
-    with open(path, "w") as f:
-        json.dump(stats, f, indent=1)
+    path = os.path.join(output_dir, STATS_FILE)
+    tmp = os.path.join(output_dir, f".{STATS_FILE}.tmp-{os.getpid()}")  # one per process: every rank writes it
+    try:
+        with open(tmp, "w") as f:
+            json.dump(stats, f, indent=1)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
     return path
+
+
+def remove_stats(output_dir: str) -> None:
+    """Before preprocessing: a run that fails must not leave an earlier run's statistics to be read as its own."""
+    try:
+        os.remove(os.path.join(output_dir, STATS_FILE))
+    except FileNotFoundError:
+        pass

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-IGNORE_INDEX = -100
+IGNORE_INDEX = -100  # the label of an untrained position; defined here only (losses import it)
 
 
 def collate(

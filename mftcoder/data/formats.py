@@ -17,11 +17,11 @@ Every problem raises `DataFormatError` whose message starts with ``"<file>:<line
 """
 from __future__ import annotations
 
+import gzip
 import json
+import zlib
 from dataclasses import dataclass
 from typing import Iterator
-
-ROLES = ("system", "user", "assistant")
 
 # Accepted spellings of each role, per list format (lower-cased before lookup).
 _ROLE_ALIASES = {
@@ -42,6 +42,8 @@ ACCEPTED_FORMATS = (
     "conversation [{human, assistant}] (+ optional system), "
     f"prompt/answer ({'|'.join(PROMPT_KEYS)} + {'|'.join(ANSWER_KEYS)}, + optional system), text"
 )
+
+GZIP_MAGIC = b"\x1f\x8b"
 
 # MFTCoder normalises these two no-break spaces to a plain space before tokenising.
 _SPACE_LIKE = str.maketrans({"\u202f": " ", "\u00a0": " "})
@@ -139,7 +141,8 @@ def _firefly(obj: dict, where: str) -> list[Turn]:
     return turns
 
 
-def _prompt_answer(obj: dict, where: str, prompt_key: str, answer_key: str) -> list[Turn]:
+def _prompt_turns(obj: dict, where: str, prompt_key: str) -> list[Turn]:
+    """The optional system turn and the user turn of a prompt/answer line."""
     prompt = _content(obj[prompt_key], where, f"'{prompt_key}'")
     if prompt_key == "instruction" and "input" in obj:  # Alpaca: the input is appended to the instruction
         extra = obj["input"]
@@ -147,8 +150,12 @@ def _prompt_answer(obj: dict, where: str, prompt_key: str, answer_key: str) -> l
             raise DataFormatError(where, f"'input' is {type(extra).__name__}, not a string; expected text or \"\"")
         if extra and extra.strip():
             prompt = prompt + "\n\n" + extra.translate(_SPACE_LIKE)
-    answer = _content(obj[answer_key], where, f"'{answer_key}'")
-    return _optional_system(obj, where) + [Turn("user", prompt), Turn("assistant", answer)]
+    return _optional_system(obj, where) + [Turn("user", prompt)]
+
+
+def _prompt_answer(obj: dict, where: str, prompt_key: str, answer_key: str) -> list[Turn]:
+    turns = _prompt_turns(obj, where, prompt_key)
+    return turns + [Turn("assistant", _content(obj[answer_key], where, f"'{answer_key}'"))]
 
 
 def _check_order(turns: list[Turn], where: str, source: str, require_assistant_last: bool) -> None:
@@ -206,21 +213,67 @@ def parse_record(obj: object, where: str, *, require_assistant_last: bool = True
     return Conversation(tuple(turns))
 
 
-def iter_jsonl(path: str) -> Iterator[tuple[int, str]]:
-    """Yield ``(line_number, line)`` from 1, line endings removed; blank lines are yielded too.
+def parse_prompt(obj: object, where: str) -> Conversation:
+    """One line as an inference prompt (`mftcoder generate`): every chat format `parse_record` accepts, plus a
+    prompt key without an answer. The conversation ends on the user's turn: a trailing assistant answer (the
+    reference) is left out of the prompt."""
+    if isinstance(obj, dict) and not any(k in obj for k in ("chat_rounds", "messages", "conversations",
+                                                            "conversation", *ANSWER_KEYS)):
+        prompt_key = next((k for k in PROMPT_KEYS if k in obj), None)
+        if prompt_key:
+            return Conversation(tuple(_prompt_turns(obj, where, prompt_key)))
+    conv = parse_record(obj, where, require_assistant_last=False)
+    if conv.kind == "text":
+        raise DataFormatError(where, "a 'text' line is pretraining text with no question to answer; expected a chat "
+                                     f"line ({ACCEPTED_FORMATS}), or --raw to continue the text as it is")
+    return Conversation(conv.turns[:-1] if conv.turns[-1].role == "assistant" else conv.turns)
 
-    Bytes that are not UTF-8 raise DataFormatError naming the file and line.
+
+def iter_raw_lines(path: str) -> Iterator[tuple[int, bytes, int]]:
+    """Yield ``(line_number, raw bytes, bytes of the file read so far)`` from 1; gzip files are decompressed
+    (recognised by their bytes, not their name: a `.jsonl.gz` and a gzip file named `.jsonl` both read).
+
+    The third value counts the file as stored (compressed for gzip), for progress bars. A corrupt or truncated
+    gzip file raises DataFormatError naming the file and the line it broke at.
     """
-    with open(path, "rb") as f:
-        for number, data in enumerate(f, start=1):
-            if number == 1 and data.startswith(b"\xef\xbb\xbf"):  # a UTF-8 byte order mark is not JSON
-                data = data[3:]
-            try:
-                text = data.decode("utf-8")
-            except UnicodeDecodeError as e:
-                raise DataFormatError(f"{path}:{number}", f"not valid UTF-8 (byte 0x{data[e.start]:02x} at byte "
-                                                          f"{e.start + 1} of the line); expected UTF-8 text") from None
-            yield number, text.rstrip("\r\n")
+    with open(path, "rb") as raw:
+        compressed = raw.read(2) == GZIP_MAGIC
+        raw.seek(0)
+        number, done = 0, 0
+        try:
+            if not compressed:
+                for number, data in enumerate(raw, start=1):
+                    done += len(data)
+                    yield number, data, done
+                return
+            with gzip.GzipFile(fileobj=raw, mode="rb") as f:
+                for number, data in enumerate(f, start=1):
+                    yield number, data, raw.tell()
+        except (OSError, EOFError, zlib.error) as e:
+            if not compressed:
+                raise
+            raise DataFormatError(f"{path}:{number + 1}", f"cannot read the gzip data ({e}); expected a complete "
+                                                          "gzip file (check it with `gzip -t`)") from None
+
+
+def decode_line(data: bytes, number: int, where: str) -> str:
+    """One raw line -> text without its line ending; a BOM on line 1 is dropped, non-UTF-8 raises DataFormatError."""
+    if number == 1 and data.startswith(b"\xef\xbb\xbf"):  # a UTF-8 byte order mark is not JSON
+        data = data[3:]
+    try:
+        return data.decode("utf-8").rstrip("\r\n")
+    except UnicodeDecodeError as e:
+        raise DataFormatError(where, f"not valid UTF-8 (byte 0x{data[e.start]:02x} at byte {e.start + 1} of the "
+                                     "line); expected UTF-8 text (re-encode the file, e.g. with iconv)") from None
+
+
+def iter_jsonl(path: str) -> Iterator[tuple[int, str]]:
+    """Yield ``(line_number, line)`` from 1, line endings removed; blank lines are yielded too. Reads gzip too.
+
+    Bytes that are not UTF-8 (or a broken gzip file) raise DataFormatError naming the file and line.
+    """
+    for number, data, _ in iter_raw_lines(path):
+        yield number, decode_line(data, number, f"{path}:{number}")
 
 
 def parse_line(raw: str, where: str, **kw) -> Conversation:

@@ -18,9 +18,8 @@ PACKING_MODES = ("padding", "pack")
 
 
 def _positions(lengths: Sequence[int], seq_length: int) -> list[int]:
-    """Input positions each sample needs (n-1), validated against the row capacity."""
-    if int(seq_length) < 1:
-        raise ValueError(f"seq_length must be >= 1, got {seq_length}")
+    """Input positions each sample needs (n-1), validated against the row capacity (seq_length itself is bounded by
+    TrainConfig; the cache never hands over a sample longer than seq_length+1 tokens)."""
     need = []
     for i, n in enumerate(lengths):
         n = int(n)

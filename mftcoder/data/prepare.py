@@ -4,11 +4,12 @@ from __future__ import annotations
 import time
 
 from mftcoder.config import TrainConfig, check_environment
-from mftcoder.data.cache import TokenizedData, load_or_build, stats_table, write_stats
+from mftcoder.data.cache import TokenizedData, load_or_build, remove_stats, stats_table, write_stats
 from mftcoder.model.tokenizer import load_tokenizer
 
 
 def prepare_data(cfg: TrainConfig, tokenizer=None, *, progress: bool = True, verbose: bool = True) -> TokenizedData:
+    remove_stats(cfg.output_dir)  # from here on, data_stats.json is this run's or absent
     tokenizer = tokenizer or load_tokenizer(cfg.pretrained_model_path, cfg.trust_remote_code)
     start = time.perf_counter()
     data = load_or_build(cfg, tokenizer, progress=progress)

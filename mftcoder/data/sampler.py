@@ -12,8 +12,11 @@ parameters and seed, never on the micro-batch / accumulation / world-size factor
    each epoch and an up-sampled one goes through all units before any repeats. Under `proportional` c_k = n_k,
    so every epoch visits every unit exactly once.
 4. The N draws are shuffled with a (seed, epoch) permutation and cut into global batches of `global_batch_size`.
-   The last batch is completed with the first draws of the epoch's order (`padded_units(epoch)` says how many),
-   so every step has exactly global_batch_size units and nothing is dropped.
+   The last batch is completed with the first draws of the epoch's order (`padded_units()` says how many, the
+   same every epoch), so every step has exactly global_batch_size units and nothing is dropped.
+
+The sampler has no position of its own: `global_batch(step)` is a pure function of the step, and the training loop's
+step counter is the one owner of where a run is. `state_dict` is the sampler's fingerprint, which a resume checks.
 
 `shard` then gives rank r the contiguous slice [r*G/W, (r+1)*G/W) of the step, cut into grad_accum micro-batches.
 
@@ -25,7 +28,7 @@ are ordered by where their first unit sat in the shuffled step, so tasks stay in
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from fractions import Fraction
 
 import numpy as np
@@ -99,7 +102,6 @@ class TaskBalancedSampler:
         self._raw_weights = self._strategy_weights()
         self._total_units = sum(self.units_per_task)
         self._epoch_counts = _largest_remainder(self._raw_weights, self._total_units)
-        self._step = 0
         self._plan_cache: tuple[int, list[list[Unit]]] | None = None
         self._perm_cache: dict[tuple[int, int], np.ndarray] = {}
 
@@ -141,12 +143,9 @@ class TaskBalancedSampler:
     def steps_per_epoch(self) -> int:
         return -(-self._total_units // self.global_batch_size)
 
-    def padded_units(self, epoch: int = 0) -> int:
-        """Units repeated (from the start of the epoch's order) to complete the epoch's last global batch."""
+    def padded_units(self) -> int:
+        """Units repeated (from the start of the epoch's order) to complete each epoch's last global batch."""
         return self.steps_per_epoch() * self.global_batch_size - self._total_units
-
-    def epoch_of(self, step: int) -> int:
-        return step // self.steps_per_epoch()
 
     # ---- the schedule ----------------------------------------------------------------------------------------
     def _permutation(self, task: int, cycle: int) -> np.ndarray:
@@ -186,7 +185,7 @@ class TaskBalancedSampler:
         order = _rng(self.seed, _EPOCH_SHUFFLE_TAG, epoch).permutation(len(tasks))
         draws = list(zip(tasks[order].tolist(), units[order].tolist()))
         G = self.global_batch_size
-        padded = draws + [draws[i % len(draws)] for i in range(self.padded_units(epoch))]
+        padded = draws + [draws[i % len(draws)] for i in range(self.padded_units())]
         plan = [padded[i : i + G] for i in range(0, len(padded), G)]
         self._plan_cache = (epoch, plan)
         return plan
@@ -233,21 +232,7 @@ class TaskBalancedSampler:
         mine = list(batch[rank * per_rank : (rank + 1) * per_rank])
         return [mine[i : i + micro_batch_size] for i in range(0, per_rank, micro_batch_size)]
 
-    # ---- position, so training resumes exactly --------------------------------------------------------------
-    @property
-    def step(self) -> int:
-        """The next optimizer step `next_batch` will return."""
-        return self._step
-
-    def next_batch(self) -> list[Unit]:
-        batch = self.global_batch(self._step)
-        self._step += 1
-        return batch
-
-    def __iter__(self) -> Iterator[list[Unit]]:
-        while True:
-            yield self.next_batch()
-
+    # ---- fingerprint, so a resume is refused when the batches would differ ----------------------------------
     def _fingerprint(self) -> dict:
         return {
             "units_per_task": list(self.units_per_task),
@@ -259,11 +244,13 @@ class TaskBalancedSampler:
         }
 
     def state_dict(self) -> dict:
-        return {"step": self._step, **self._fingerprint()}
+        """What the batches depend on besides the step (the step itself is the training loop's)."""
+        return self._fingerprint()
 
     def load_state_dict(self, state: dict) -> None:
-        """Restore the position. Refuses a state saved with other data or sampling settings, since the batches
-        after resume would then silently differ from the uninterrupted run."""
+        """Check a saved fingerprint against this sampler. Refuses a state saved with other data or sampling settings,
+        since the batches after resume would then silently differ from the uninterrupted run. (Older checkpoints
+        also hold a "step", which the loop restores from its own state.)"""
         mine = self._fingerprint()
         for key, value in mine.items():
             if key in state and state[key] != value:
@@ -271,7 +258,3 @@ class TaskBalancedSampler:
                     f"sampler state was saved with {key}={state[key]!r} but this run has {key}={value!r}; "
                     "resuming would not reproduce the interrupted run"
                 )
-        step = int(state["step"])
-        if step < 0:
-            raise ValueError(f"sampler state has a negative step {step}")
-        self._step = step

@@ -22,24 +22,87 @@ class Task:
     sampling_weight: Optional[float]
 
 
+DATA_SUFFIXES = (".jsonl.gz", ".jsonl")  # longest first: the name of a task file drops it
+
+
 def find_jsonl_files(path: str) -> list[str]:
-    """A file as given, or every *.jsonl under a folder (recursively, sorted so the order never depends on the OS)."""
+    """A file as given, or every *.jsonl / *.jsonl.gz under a folder: recursively, through symlinked folders (each
+    real folder once, so a link loop ends), sorted so the order never depends on the OS."""
     if os.path.isfile(path):
         return [path]
     if not os.path.isdir(path):
         raise ConfigError(f"data_paths: {path!r} does not exist (expected a folder of .jsonl files or a .jsonl file)")
-    files = []
-    for root, dirs, names in os.walk(path):
+    files, others, walked = [], [], {}
+
+    def unreadable(err: OSError):
+        raise ConfigError(f"data_paths: cannot read {err.filename!r} in task folder {path!r}: {err.strerror}")
+
+    for root, dirs, names in os.walk(path, onerror=unreadable, followlinks=True):
+        real = os.path.realpath(root)
+        if real in walked:  # a link back up (a loop) or a second way into a folder already read
+            log.warning(f"{root}: the same folder as {walked[real]}; its files are read once")
+            dirs[:] = []
+            continue
+        walked[real] = root
         dirs.sort()
-        files.extend(os.path.join(root, n) for n in sorted(names) if n.endswith(".jsonl"))
+        for n in sorted(names):
+            (files if n.endswith(DATA_SUFFIXES) else others).append(os.path.join(root, n))
     if not files:
-        raise ConfigError(f"data_paths: folder {path!r} contains no .jsonl file (searched recursively)")
-    return files
+        raise ConfigError(_no_data_files_message(path, others))
+    broken = [f for f in files if not os.path.exists(f)]
+    if broken:
+        raise ConfigError(f"data_paths: {broken[0]!r} is a symlink to nothing ({os.readlink(broken[0])!r}); "
+                          "fix or remove the link")
+    return _once_each(files)
+
+
+def _once_each(files: list[str]) -> list[str]:
+    """Two links to one file inside a task: read it once (it is one file), and say so."""
+    first: dict[str, str] = {}
+    for f in files:
+        real = os.path.realpath(f)
+        if real in first:
+            log.warning(f"{f}: the same file as {first[real]}; it is read once")
+        else:
+            first[real] = f
+    return list(first.values())
+
+
+def _no_data_files_message(path: str, others: list[str]) -> str:
+    msg = f"data_paths: folder {path!r} contains no .jsonl file (searched recursively"
+    if not others:
+        return msg + "; it holds no file at all)"
+    shown = [os.path.relpath(f, path) for f in others[:5]]
+    more = f" and {len(others) - 5} more" if len(others) > 5 else ""
+    msg += (f"; found {len(others)} file(s): {', '.join(shown)}{more}; expected *.jsonl or *.jsonl.gz files with one "
+            "JSON object per line)")
+    if any(f.endswith(".json") for f in others):
+        msg += ("; a .json file is not read: if it holds a JSON array of samples, write one per line, "
+                "e.g. jq -c '.[]' data.json > data.jsonl")
+    return msg
+
+
+def check_no_shared_files(names: list[str], files: list[list[str]]) -> None:
+    """A file reached by two tasks (the same folder twice, a folder and a link to it, a folder and a file in it)
+    would train twice under two names: refuse, naming both tasks and the file."""
+    owner: dict[str, tuple[str, str]] = {}
+    for name, task_files in zip(names, files):
+        for f in task_files:
+            real = os.path.realpath(f)
+            if real in owner and owner[real][0] != name:
+                other, other_path = owner[real]
+                raise ConfigError(f"data_paths: tasks {other!r} and {name!r} both hold the file {real!r} (as "
+                                  f"{other_path!r} and {f!r}); its samples would train twice: give each file to one "
+                                  "task (a task's weight sets how much it counts)")
+            owner.setdefault(real, (name, f))
 
 
 def _default_name(path: str) -> str:
     base = os.path.basename(os.path.normpath(path))
-    return base[: -len(".jsonl")] if base.endswith(".jsonl") else base
+    for suffix in DATA_SUFFIXES:
+        if base.endswith(suffix):
+            return base[: -len(suffix)]
+    return base
 
 
 def unique_task_names(specs: Sequence[TaskSpec]) -> list[str]:
@@ -92,6 +155,7 @@ def resolve_tasks(cfg: TrainConfig) -> list[Task]:
     specs = cfg.data_paths
     names = unique_task_names(specs)
     files = [find_jsonl_files(s.path) for s in specs]
+    check_no_shared_files(names, files)
     loss_weights = _per_task_values(cfg.task_weights, names, "task_weights")
     inline = [s.weight for s in specs]
     if any(w is not None for w in inline):

@@ -17,6 +17,7 @@ from __future__ import annotations
 import bisect
 from dataclasses import dataclass
 
+from mftcoder.config import check_role_markers
 from mftcoder.data.formats import Conversation
 
 TEMPLATE_NAMES = ("mftcoder", "chatml", "tokenizer")
@@ -131,15 +132,8 @@ class MFTCoderTemplate(ChatTemplate):
 
     def __init__(self, tokenizer, role_markers: dict | None = None):
         super().__init__(tokenizer)
-        markers = dict(DEFAULT_ROLE_MARKERS)
-        for role, marker in (role_markers or {}).items():
-            if role not in DEFAULT_ROLE_MARKERS:
-                raise TemplateError(f"role_markers has unknown role {role!r}; valid roles: "
-                                    f"{', '.join(DEFAULT_ROLE_MARKERS)}")
-            if not isinstance(marker, str):
-                raise TemplateError(f"role_markers[{role!r}] is {type(marker).__name__}; expected a string")
-            markers[role] = marker
-        self.role_markers = markers
+        _check_role_markers(role_markers, self.name)
+        self.role_markers = {**DEFAULT_ROLE_MARKERS, **(role_markers or {})}
         self.jinja = self._build_jinja()
 
     def _render_chat(self, messages):
@@ -254,15 +248,21 @@ class TokenizerTemplate(ChatTemplate):
         return self._apply(messages, add_generation_prompt=True)
 
 
+def _check_role_markers(role_markers: dict | None, template: str) -> None:
+    """The config's rule (one place: config.check_role_markers), for templates built without a config."""
+    try:
+        check_role_markers(role_markers, template)
+    except ValueError as e:
+        raise TemplateError(str(e)) from None
+
+
 def get_template(name: str, tokenizer, role_markers: dict | None = None) -> ChatTemplate:
     """Build template `name` ("mftcoder" | "chatml" | "tokenizer") for `tokenizer`."""
     if name == "mftcoder":
         return MFTCoderTemplate(tokenizer, role_markers)
     if name not in TEMPLATE_NAMES:
         raise TemplateError(f"unknown template {name!r}; valid templates: {', '.join(TEMPLATE_NAMES)}")
-    if role_markers:
-        raise TemplateError(f"role_markers only apply to the 'mftcoder' template, not {name!r}; "
-                            "drop role_markers or use template 'mftcoder'")
+    _check_role_markers(role_markers, name)
     return ChatMLTemplate(tokenizer) if name == "chatml" else TokenizerTemplate(tokenizer)
 
 

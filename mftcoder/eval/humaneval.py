@@ -102,12 +102,12 @@ def generate_completions(problems: Sequence[Problem], args) -> tuple[dict[str, l
     """(completions, raw answers, prompt format record, generation record) for the model in `args`."""
     from mftcoder.eval.postprocess import completion_cut, to_completion
     from mftcoder.eval.prompts import resolve_format
-    from mftcoder.infer.generate import GenerationSettings, generate_texts, load_model
+    from mftcoder.infer.engine import generate_texts
+    from mftcoder.infer.options import load_from_args, settings_from_args
 
-    settings = GenerationSettings(args.max_new_tokens, args.temperature, args.top_p, args.n, args.batch_size, args.seed)
-    model, tokenizer = load_model(args.model, args.adapter, args.dtype, args.device, args.threads)
+    model, tokenizer = load_from_args(args)
     fmt = resolve_format(args.prompt_format, tokenizer)
-    settings.stop = fmt.stop
+    settings = settings_from_args(args, stop=fmt.stop)
     prompts = [fmt.render(p.prompt, tokenizer) for p in problems]
     checkers = None
     if fmt.kind == "completion":
@@ -124,6 +124,20 @@ def generate_completions(problems: Sequence[Problem], args) -> tuple[dict[str, l
     }
     fmt_record = fmt.to_dict() | {"requested": args.prompt_format, "example": prompts[0]}
     return completions, raw, fmt_record, generation
+
+
+def warn_uneven_samples(completions: dict[str, list[str]]) -> str | None:
+    """Say so on stderr (and return the line) when problems have different numbers of samples."""
+    counts = Counter(len(c) for c in completions.values())
+    if len(counts) < 2:
+        return None
+    fewest = min(counts)
+    example = next(t for t, c in completions.items() if len(c) == fewest)
+    spread = ", ".join(f"{k} samples for {v} problem(s)" for k, v in sorted(counts.items()))
+    line = (f"warning: uneven samples per problem: {spread} (e.g. {example} has {fewest}); pass@k uses each "
+            f"problem's own n, and a k above the smallest n ({fewest}) is skipped")
+    print(line, file=sys.stderr)
+    return line
 
 
 def samples_path_for(out: str) -> str:
@@ -152,6 +166,7 @@ def evaluate(args: argparse.Namespace) -> dict:
         if missing:
             raise ValueError(f"--canonical: problems without canonical_solution, e.g. {missing[:3]}")
         completions = {p.task_id: [p.canonical_solution] for p in problems}
+    warn_uneven_samples(completions)
     start = time.perf_counter()
     scores, per_problem = score(problems, completions, ks, limits, args.workers, progress=not args.no_progress)
     n_per = sorted({len(c) for c in completions.values()})
@@ -200,11 +215,11 @@ def evaluate(args: argparse.Namespace) -> dict:
 
 def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
     from mftcoder.eval.prompts import FORMATS
-    from mftcoder.infer.generate import add_generation_args
+    from mftcoder.infer.options import add_generation_args
 
     parser = parser or argparse.ArgumentParser(prog="humaneval", description=__doc__.split("\n\n")[0],
                                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
-    add_generation_args(parser, max_new_tokens=512)
+    add_generation_args(parser, max_new_tokens=512, stop=False)
     parser.set_defaults(model=None)
     for action in parser._actions:  # --model is optional here: --samples / --canonical score without one
         if action.dest == "model":
@@ -213,7 +228,8 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
                         help="auto: from the tokenizer's chat template (mftcoder tags -> mftcoder, other template -> "
                              "chat, none -> completion)")
     parser.add_argument("--k", default="1,10", help="comma-separated k for pass@k (a k above --n is skipped)")
-    parser.add_argument("--out", default="results.json", help="results JSON (samples go to <out>.samples.jsonl)")
+    parser.add_argument("--output", "--out", dest="out", default="results.json",
+                        help="results JSON (samples go to <output>.samples.jsonl); --out is an alias")
     parser.add_argument("--samples", default=None, help="score this samples jsonl (task_id, completion) instead of generating")
     parser.add_argument("--canonical", action="store_true", help="score the problems' canonical solutions (sandbox check)")
     parser.add_argument("--problems", default=None, help="problem jsonl(.gz) with prompt/test/entry_point (default: HumanEval)")
@@ -231,10 +247,13 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    results = evaluate(args)
-    shown = {k: round(v, 4) for k, v in results.items() if k.startswith("pass@")}
-    print(json.dumps(shown | {"n_problems": results["n_problems"], "n_samples": results["n_samples"],
-                              "counts": results["counts"], "out": os.path.abspath(args.out)}))
+    from mftcoder.runtime import data_stdout
+
+    with data_stdout() as stdout:  # the results JSON is the only thing on stdout
+        results = evaluate(args)
+        shown = {k: round(v, 4) for k, v in results.items() if k.startswith("pass@")}
+        print(json.dumps(shown | {"n_problems": results["n_problems"], "n_samples": results["n_samples"],
+                                  "counts": results["counts"], "out": os.path.abspath(args.out)}), file=stdout)
     return 0
 
 

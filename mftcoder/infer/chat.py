@@ -8,20 +8,18 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable
 
-from mftcoder.errors import run_reporting_errors
-from mftcoder.infer.generate import (
-    GenerationSettings,
-    _stop_token_ids,
-    add_generation_args,
-    decode_batch,
-    load_model,
-    render_messages,
-)
+from mftcoder.errors import ArgumentParser, run_reporting_errors, with_example
+from mftcoder.infer.engine import GenerationSettings, generate_texts
+from mftcoder.infer.options import add_generation_args, load_from_args, settings_from_args
+from mftcoder.infer.prompts import render_messages
 
+EXAMPLE = """\
+mftcoder chat --model runs/demo-merged --system "You are a coding assistant." \\
+    --temperature 0.7 --top_k 40 --repetition_penalty 1.1 --max_new_tokens 256
+"""
 HELP = "/reset clears the conversation, /exit quits"
 
 
@@ -37,20 +35,6 @@ class TurnStats:
         return self.new_tokens / self.seconds if self.seconds > 0 else 0.0
 
 
-class _CallbackStreamer:
-    """A transformers TextStreamer that hands finished pieces of text to a callback instead of printing."""
-
-    def __new__(cls, tokenizer, on_text: Callable[[str], None]):
-        from transformers import TextStreamer
-
-        class Streamer(TextStreamer):
-            def on_finalized_text(self, text: str, stream_end: bool = False):
-                if text:
-                    on_text(text)
-
-        return Streamer(tokenizer, skip_prompt=False, skip_special_tokens=True)
-
-
 class ChatSession:
     def __init__(self, model, tokenizer, settings: GenerationSettings, system: str | None = None,
                  max_context: int | None = None):
@@ -59,7 +43,6 @@ class ChatSession:
         self.model, self.tokenizer, self.settings, self.system = model, tokenizer, settings, system
         self.max_context = max_context or getattr(model.config, "max_position_embeddings", None) or 4096
         self.messages: list[dict] = []
-        self.eos_ids = _stop_token_ids(model, tokenizer, settings.stop)
 
     def reset(self) -> None:
         self.messages = []
@@ -85,34 +68,22 @@ class ChatSession:
 
     def send(self, text: str, on_text: Callable[[str], None] | None = None) -> tuple[str, TurnStats]:
         """Answer `text` given the conversation so far; the turn joins the history only when complete."""
-        import torch
-
         messages = self.messages + [{"role": "user", "content": text}]
         ids, dropped = self._fit(messages)
         messages = messages[2 * dropped:]
-        streamer = _CallbackStreamer(self.tokenizer, on_text) if on_text else None
-        device = next(self.model.parameters()).device
-        input_ids = torch.tensor([ids], device=device)
-        generator = None if self.settings.greedy else torch.Generator(device=device).manual_seed(
-            self.settings.seed + len(self.messages))
-        start = time.perf_counter()
-        with torch.inference_mode():
-            out, _ = decode_batch(self.model, input_ids, torch.ones_like(input_ids), self.settings, self.eos_ids,
-                                  lambda row, toks: False, generator, streamer)
-        seconds = time.perf_counter() - start
-        answer = self.tokenizer.decode(out[0], skip_special_tokens=True)
-        for stop in self.settings.stop:
-            if stop in answer:
-                answer = answer[:answer.find(stop)]
+        # each turn samples with its own seed, so a conversation replays the same
+        settings = replace(self.settings, seed=self.settings.seed + len(self.messages))
+        out = generate_texts(self.model, self.tokenizer, [ids], settings, progress=False, on_text=on_text)
+        answer = out.texts[0][0]
         self.messages = messages + [{"role": "assistant", "content": answer.rstrip()}]
-        return answer, TurnStats(len(ids), len(out[0]), seconds, dropped)
+        return answer, TurnStats(len(ids), out.new_tokens, out.seconds, dropped)
 
 
 def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
-    parser = parser or argparse.ArgumentParser(prog="mftcoder chat", description=__doc__.split("\n\n")[0])
+    parser = parser or ArgumentParser(prog="mftcoder chat", description=__doc__.split("\n\n")[0])
+    with_example(parser, EXAMPLE)
     add_generation_args(parser, max_new_tokens=512)
     parser.add_argument("--system", default=None, help="system message at the start of the conversation")
-    parser.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
     parser.add_argument("--max_context", type=int, default=None,
                         help="tokens of conversation kept (default: the model's max_position_embeddings)")
     parser.add_argument("--no_stats", action="store_true", help="do not print token counts and speed after answers")
@@ -125,8 +96,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    settings = GenerationSettings(args.max_new_tokens, args.temperature, args.top_p, 1, 1, args.seed, tuple(args.stop))
-    model, tokenizer = load_model(args.model, args.adapter, args.dtype, args.device, args.threads)
+    settings = settings_from_args(args, n=1, batch_size=1)
+    model, tokenizer = load_from_args(args)
     session = ChatSession(model, tokenizer, settings, args.system, args.max_context)
     session.render([{"role": "user", "content": "probe"}])  # fail now, not at the first message, without a template
     print(f"mftcoder chat with {args.model}{' + ' + args.adapter if args.adapter else ''}. {HELP}.", flush=True)

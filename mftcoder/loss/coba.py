@@ -49,14 +49,12 @@ def least_squares_slope(x: Sequence[float], y: Sequence[float], present: Sequenc
 
 class CoBa:
     def __init__(self, num_tasks: int, warmup_steps: int, history_length: int, tau: float, update_interval: int):
+        # The user-facing bounds of the coba_* keys live in TrainConfig only; these two are what the algorithm
+        # itself cannot run without (the same bounds as the config's, which is checked first).
         if int(num_tasks) < 1:
             raise ValueError(f"CoBa needs at least one task, got num_tasks={num_tasks}")
-        if int(warmup_steps) < 0:
-            raise ValueError(f"coba_warmup_steps must be >= 0, got {warmup_steps}")
         if int(history_length) < 2:
             raise ValueError(f"coba_history_length must be >= 2 (a slope needs two points), got {history_length}")
-        if not float(tau) >= 0.0:
-            raise ValueError(f"coba_tau must be >= 0, got {tau}")
         if int(update_interval) < 1:
             raise ValueError(f"coba_update_interval must be >= 1, got {update_interval}")
         self.num_tasks = int(num_tasks)

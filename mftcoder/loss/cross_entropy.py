@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-IGNORE_INDEX = -100
+from mftcoder.data.collator import IGNORE_INDEX
 
 # Set on a causal LM once its lm_head output has been checked to equal the model's own logits.
 _CHECKED_ATTR = "_mftcoder_chunked_ce_checked"

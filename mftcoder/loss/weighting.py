@@ -28,7 +28,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-IGNORE_INDEX = -100
+from mftcoder.data.collator import IGNORE_INDEX
+
 WEIGHTED_LOSS_MODES = ("case1", "case2", "case3", "case4", "coba")
 COUNT_DTYPE = torch.float64  # exact integer counts up to 2**53, and one dtype for a single all_reduce
 
@@ -207,3 +208,15 @@ def _check_weights(task_weights: Tensor | Sequence[float] | None, K: int, device
     if not bool(torch.isfinite(w).all()) or bool((w < 0).any()):
         raise ValueError(f"task_weights must be finite and >= 0, got {w.tolist()}")
     return w
+
+
+def effective_weights(weights: torch.Tensor, counts: StepCounts, mode: str) -> list[float]:
+    """The share of each task in the step loss's normaliser (what case3/case4/coba actually apply)."""
+    if mode in ("case1", "case2"):
+        denom = counts.task_tokens if mode == "case1" else counts.task_samples
+        total = float(denom.sum()) or 1.0
+        return [float(v) / total for v in denom]
+    present = (counts.task_tokens > 0).double()
+    w = weights.double().cpu() * present
+    total = float(w.sum()) or 1.0
+    return [float(v) / total for v in w]

@@ -10,15 +10,36 @@ from mftcoder.config import ConfigError, TrainConfig
 log = logging.getLogger(__name__)
 
 
-def pick_attn_implementation(requested: str | None) -> str:
-    """flash_attention_2 on CUDA when installed, else sdpa: decided here once and said once in the log."""
-    if requested:
-        return requested
+def flash_attention_unavailable() -> str | None:
+    """Why flash_attention_2 cannot run here ("flash-attn is not installed", "no CUDA device"), or None if it can."""
+    import importlib.util
+
+    if importlib.util.find_spec("flash_attn") is None:
+        return "flash-attn is not installed"
+    if not torch.cuda.is_available():
+        return "no CUDA device"
     from transformers.utils import is_flash_attn_2_available
 
-    if torch.cuda.is_available() and is_flash_attn_2_available():
-        return "flash_attention_2"
-    return "sdpa"
+    if not is_flash_attn_2_available():
+        return "flash-attn does not work with this torch/GPU"
+    return None
+
+
+def pick_attn_implementation(requested: str | None) -> str:
+    """flash_attention_2 on CUDA when installed, else sdpa: decided here once and said once in the log.
+
+    flash_attention_2 asked for where it cannot run (MFTCoder's own configs ask for it) falls back to sdpa, which
+    computes the same attention, with one warning saying why."""
+    if requested == "flash_attention_2":
+        why = flash_attention_unavailable()
+        if why is None:
+            return requested
+        log.warning("attn_implementation='flash_attention_2' but %s: using sdpa (the same attention, slower on GPUs)",
+                    why)
+        return "sdpa"
+    if requested:
+        return requested
+    return "flash_attention_2" if flash_attention_unavailable() is None else "sdpa"
 
 
 def compute_dtype(mixed_precision: str) -> torch.dtype:

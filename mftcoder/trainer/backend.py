@@ -77,8 +77,11 @@ def make_accelerator(cfg: TrainConfig):
     from accelerate import Accelerator
     from accelerate.utils import DistributedType
 
+    from mftcoder.runtime import settle_mixed_precision
+
     backend = launched_backend()
     set_thread_count()
+    settle_mixed_precision()  # the yaml's bf16 on hardware without it: fp32, with one warning
     cuda = torch.cuda.is_available()
     kwargs = process_group_kwargs(backend, cuda, datetime.timedelta(seconds=cfg.init_timeout_seconds))
     _check_accumulation_env(cfg)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import math
 import random
+from typing import Callable
 
 from mftcoder.config import TrainConfig
 from mftcoder.data.cache import TokenizedData
@@ -14,8 +15,11 @@ from mftcoder.data.sampler import TaskBalancedSampler
 class TrainBatches:
     """The micro-batches of optimizer step N for one process: the same global batch whatever the geometry."""
 
-    def __init__(self, data: TokenizedData, cfg: TrainConfig, rank: int, world_size: int, pad_id: int):
+    def __init__(self, data: TokenizedData, cfg: TrainConfig, rank: int, world_size: int, pad_id: int,
+                 collate_fn: Callable = collate):
+        """`collate_fn(rows, task_ids, pad_id, pad_to_multiple_of)` makes a micro-batch (the objective's `collate`)."""
         self.data, self.cfg, self.rank, self.world, self.pad_id = data, cfg, rank, world_size, pad_id
+        self.collate_fn = collate_fn
         self.units = [build_units(t.train.lengths, cfg.seq_length, cfg.padding_mode) for t in data.tasks]
         weights = [t.task.sampling_weight for t in data.tasks] if cfg.task_sampling == "explicit" else None
         self.global_batch_size = cfg.per_device_train_batch_size * cfg.gradient_accumulation_steps * world_size
@@ -40,7 +44,7 @@ class TrainBatches:
             rows.append([store[i] for i in index])
             task_ids.append(task_id)
         multiple = None if self.cfg.use_dynamic_padding else self.cfg.seq_length
-        return collate(rows, task_ids, self.pad_id, pad_to_multiple_of=multiple)
+        return self.collate_fn(rows, task_ids, self.pad_id, multiple)
 
 
 def eval_units(data: TokenizedData) -> list[tuple[int, int]]:

@@ -1,0 +1,153 @@
+"""Tokenising: raw JSONL lines -> token ids, loss mask and split, in parallel worker processes.
+
+One line goes: decode (UTF-8, BOM) -> parse (formats.py) -> render with the template (ids + assistant mask) ->
+mask (sft: assistant turns; pretrain: every token) -> truncate or drop past seq_length -> split by content hash.
+Every line comes back with a status, so the cache can account for each one: ok | blank | rejected | dropped.
+Results arrive in task, file and line order, whatever the number of workers, so the cache is the same for any count.
+"""
+from __future__ import annotations
+
+import multiprocessing as mp
+from collections import deque
+from dataclasses import dataclass
+from typing import Iterable, Iterator, NamedTuple, Optional
+
+import numpy as np
+
+from mftcoder.data.formats import DataFormatError, decode_line, iter_raw_lines, parse_line
+from mftcoder.data.tasks import Task, split_of
+from mftcoder.data.template import ChatTemplate, TemplateError, get_template
+
+try:  # a tokenizer's own chat_template may raise_exception() on a conversation it does not accept
+    from jinja2.exceptions import TemplateError as JinjaTemplateError
+except ImportError:  # pragma: no cover
+    JinjaTemplateError = TemplateError
+
+
+@dataclass(frozen=True)
+class EncodeSettings:
+    """What turns a line into a sample, taken from a validated TrainConfig (its bounds are checked there)."""
+    template: str
+    role_markers: Optional[dict]
+    seq_length: int
+    tokenize_mode: str  # "sft" | "pretrain"
+    overlong_policy: str  # "truncate" | "drop"
+    fractions: tuple[float, float, float]  # train, valid, test
+
+    @classmethod
+    def from_config(cls, cfg) -> "EncodeSettings":
+        return cls(cfg.template, cfg.role_markers, cfg.seq_length, cfg.tokenize_mode, cfg.overlong_policy,
+                   cfg.split_fractions)
+
+
+class LineResult(NamedTuple):
+    """One line's outcome (a tuple: cheap to send back from a worker). `reason` explains rejected and dropped."""
+    lineno: int
+    status: str  # "ok" | "blank" | "rejected" | "dropped"
+    ids: Optional[np.ndarray] = None  # int32, ok only
+    mask: Optional[np.ndarray] = None  # uint8, ok only
+    split: Optional[str] = None  # "train" | "valid" | "test", ok only
+    overlong: bool = False  # longer than seq_length+1 tokens before truncation (ok and dropped)
+    reason: Optional[str] = None
+
+
+@dataclass
+class Job:
+    """A chunk of raw lines of one file; `nbytes` is how much of the file (as stored) it moves the progress by."""
+    task_id: int
+    path: str
+    lines: list[tuple[int, bytes]]
+    nbytes: int
+
+
+class LineEncoder:
+    def __init__(self, template: ChatTemplate, settings: EncodeSettings):
+        self.template, self.settings = template, settings
+        self.max_len = settings.seq_length + 1  # a sample of n tokens gives n-1 (input, target) positions
+
+    def encode(self, data: bytes, lineno: int, path: str) -> LineResult:
+        where = f"{path}:{lineno}"
+        try:
+            raw = decode_line(data, lineno, where)
+            if not raw.strip():
+                return LineResult(lineno, "blank")
+            conv = parse_line(raw, where, require_assistant_last=self.settings.tokenize_mode == "sft")
+            try:
+                enc = self.template.encode(conv)
+            except (TemplateError, JinjaTemplateError) as e:
+                raise DataFormatError(where, f"template {self.template.name!r} cannot render this line: {e}") from None
+        except DataFormatError as e:
+            return LineResult(lineno, "rejected", reason=str(e))
+        ids = np.asarray(enc.input_ids, dtype=np.int32)
+        mask = np.asarray(enc.loss_mask, dtype=np.uint8)
+        if self.settings.tokenize_mode == "pretrain":
+            mask = np.ones_like(mask)
+        overlong = len(ids) > self.max_len
+        if overlong:
+            if self.settings.overlong_policy == "drop":
+                return LineResult(lineno, "dropped", overlong=True,
+                                  reason=f"{where}: {len(ids)} tokens > seq_length+1 = {self.max_len}")
+            ids, mask = ids[:self.max_len], mask[:self.max_len]
+        if mask[1:].sum() == 0:
+            # nothing left to learn from (e.g. the prompt alone fills seq_length): counted as dropped, never silent
+            return LineResult(lineno, "dropped", overlong=overlong,
+                              reason=f"{where}: no trained token within seq_length+1 = {self.max_len}")
+        return LineResult(lineno, "ok", ids, mask, split_of(raw, self.settings.fractions), overlong)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# worker processes
+
+
+_WORKER: dict = {}
+
+
+def _init_worker(tokenizer, settings: EncodeSettings) -> None:
+    _WORKER["encoder"] = LineEncoder(get_template(settings.template, tokenizer, settings.role_markers), settings)
+
+
+def encode_job(job: Job) -> tuple[Job, list[LineResult]]:
+    """-> (the job without its lines, one result per line)."""
+    encoder: LineEncoder = _WORKER["encoder"]
+    results = [encoder.encode(data, lineno, job.path) for lineno, data in job.lines]
+    return Job(job.task_id, job.path, [], job.nbytes), results
+
+
+def read_jobs(tasks: list[Task], chunk_lines: int = 256) -> Iterator[Job]:
+    """Chunks of raw lines in task, file and line order (the order results are consumed in); gzip files read too."""
+    for task in tasks:
+        for path in task.files:
+            buf: list[tuple[int, bytes]] = []
+            reported = done = 0
+            for lineno, data, done in iter_raw_lines(path):
+                buf.append((lineno, data))
+                if len(buf) >= chunk_lines:
+                    yield Job(task.task_id, path, buf, done - reported)
+                    buf, reported = [], done
+            if buf:
+                yield Job(task.task_id, path, buf, done - reported)
+
+
+def _ordered(pool, jobs: Iterable[Job], window: int) -> Iterator[tuple[Job, list[LineResult]]]:
+    """Results in job order with at most `window` jobs in flight (Pool.imap would read every file into its queue)."""
+    pending: deque = deque()
+    for job in jobs:
+        pending.append(pool.apply_async(encode_job, (job,)))
+        if len(pending) >= window:
+            yield pending.popleft().get()
+    while pending:
+        yield pending.popleft().get()
+
+
+def tokenise_tasks(tasks: list[Task], tokenizer, settings: EncodeSettings,
+                   num_workers: int) -> Iterator[tuple[Job, list[LineResult]]]:
+    """Every line of every task's files, encoded by `num_workers` processes (1: in this one), in order."""
+    if num_workers <= 1:
+        _init_worker(tokenizer, settings)
+        yield from map(encode_job, read_jobs(tasks))
+        return
+    pool = mp.get_context("fork").Pool(num_workers, initializer=_init_worker, initargs=(tokenizer, settings))
+    try:
+        yield from _ordered(pool, read_jobs(tasks), window=4 * num_workers)
+    finally:
+        pool.terminate()

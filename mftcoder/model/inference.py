@@ -1,0 +1,81 @@
+"""A model directory (plus an optional adapter) loaded for inference: one place for dtype, device and checks.
+
+`load_for_inference` is what generate, chat, the evals and merge's callers use; training loads its model in
+`mftcoder.model.load`.
+"""
+from __future__ import annotations
+
+import json
+import os
+
+_DTYPES = {"float32": "float32", "fp32": "float32", "bfloat16": "bfloat16", "bf16": "bfloat16",
+           "float16": "float16", "fp16": "float16"}
+DTYPE_CHOICES = ("auto", "float32", "bfloat16", "float16")
+
+
+def resolve_device(device: str = "auto") -> str:
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+def resolve_dtype(dtype: str, saved=None, device: str | None = None):
+    """A torch dtype for `dtype` (auto: `saved`, the config's dtype, else float32). On a CPU `device`, auto turns
+    float16 into float32 (fp16 matmuls are slow or missing there); merge passes no device and keeps fp16."""
+    import torch
+
+    if dtype != "auto":
+        if dtype not in _DTYPES:
+            raise ValueError(f"unknown dtype {dtype!r}; expected one of {', '.join(DTYPE_CHOICES)}")
+        return getattr(torch, _DTYPES[dtype])
+    if isinstance(saved, torch.dtype):
+        chosen = saved
+    else:
+        chosen = getattr(torch, _DTYPES.get(str(saved).replace("torch.", ""), "float32"))
+    if device == "cpu" and chosen == torch.float16:
+        chosen = torch.float32
+    return chosen
+
+
+def load_config(model_dir: str):
+    """The model's transformers config; a missing folder, config.json or broken JSON is one clear error."""
+    from transformers import AutoConfig
+
+    if not os.path.isdir(model_dir):
+        raise FileNotFoundError(f"model directory {model_dir} does not exist")
+    path = os.path.join(model_dir, "config.json")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{model_dir} holds no config.json; expected a Hugging Face model directory")
+    try:
+        with open(path, encoding="utf-8") as f:
+            json.load(f)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}:{e.lineno}: not valid JSON ({e.msg}); the model directory is damaged "
+                         "(an interrupted save?)") from None
+    return AutoConfig.from_pretrained(model_dir)
+
+
+def load_for_inference(model_dir: str, adapter: str | None = None, dtype: str = "auto", device: str = "auto",
+                       threads: int | None = None, force: bool = False):
+    """(model in eval mode on `device`, tokenizer padding left) for generation; an adapter is merged in memory
+    (same logits, faster decoding) and its own tokenizer (the training chat template) is used if it has one."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from mftcoder.model.adapters import find_adapter_dir, merge_adapter_into
+    from mftcoder.model.tokenizer import load_tokenizer
+
+    if threads:
+        torch.set_num_threads(threads)
+    device = resolve_device(device)
+    config = load_config(model_dir)
+    adapter_dir = find_adapter_dir(adapter) if adapter else None
+    tokenizer = load_tokenizer(model_dir, adapter=adapter_dir, padding_side="left", require_fast=False)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=resolve_dtype(dtype, getattr(config, "dtype", None),
+                                                                                  device))
+    if adapter_dir:
+        model = merge_adapter_into(model, model_dir, adapter_dir, tokenizer, force)
+    model.to(device).eval()
+    return model, tokenizer

@@ -1,0 +1,93 @@
+"""What a training objective is to the loop: the interface every objective (SFT today; pretraining, DPO, reward models
+next) implements, and the small records it exchanges with the loop. See docs/objectives.md.
+
+The loop owns the optimizer step, the global-batch bookkeeping (counting every micro-batch of the step on every
+process first, then all-reducing the counts), mixed precision, validation sharding and metrics. The objective owns what
+a batch holds and how a model and a micro-batch turn into this micro-batch's exact share of the step loss, plus the
+per-task sums the loop logs and validation reports.
+"""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar, Optional
+
+from torch import Tensor, nn
+
+from mftcoder.loss.weighting import StepCounts
+
+
+@dataclass
+class StepContext:
+    """What the loop knows about the whole optimizer step when a micro-batch's loss is computed."""
+
+    counts: StepCounts           # every task's loss units and samples over the step (all micro-batches, all processes)
+    weights: Tensor              # [K] float64 task weights (loss_weight, or CoBa's), on the model's device
+    micro_batches_per_step: int  # gradient_accumulation_steps x processes
+
+
+@dataclass
+class MicroOutput:
+    """One micro-batch's result. `loss` is differentiable; the loop calls backward(loss x micro_batches_per_step) (the
+    backends average over accumulation steps and processes, which that undoes). The shares of all micro-batches of
+    all processes add up to the step loss. The other fields are detached CPU values the loop sums and all-reduces."""
+
+    loss: Tensor                   # the share to back-propagate, auxiliary losses included
+    objective_loss: Tensor         # 0-d float64: the objective's share alone (logged as the step's `loss`)
+    task_loss_sum: Tensor          # [K] float64: summed per-unit losses of each task (divided by counts.task_tokens)
+    aux_loss: Optional[Tensor] = None  # 0-d float64: this micro-batch's auxiliary loss (e.g. the MoE router's)
+    tokens: int = 0                # real (non-padding) tokens, for throughput
+
+
+@dataclass
+class EvalSums:
+    """Validation of one batch: per-task summed loss and the number of units it sums over ([K] float64 CPU).
+    The loop adds them over batches and processes and reports loss_sum / count per task."""
+
+    loss_sum: Tensor
+    count: Tensor
+
+
+class Objective(ABC):
+    """Built once per run by `setup`, before the data is batched (so `collate` shapes the batches); `attach_model`
+    then runs once the model is loaded, before the backend wraps it."""
+
+    name: ClassVar[str]
+    # the keys of a batch from `collate` that the objective reads (documentation and a check)
+    batch_keys: ClassVar[tuple[str, ...]]
+    # the metrics record key of `MicroOutput.aux_loss` (mean over the step's micro-batches), None when there is none
+    aux_metric: Optional[str] = None
+
+    def __init__(self, cfg, num_tasks: int, chunked: bool):
+        """`chunked`: whether the cross entropy may use the chunked lm_head projection on this backend."""
+        self.cfg, self.num_tasks, self.chunked = cfg, num_tasks, chunked
+
+    def attach_model(self, model: nn.Module) -> None:
+        """See the loaded (unwrapped) model: e.g. find its MoE router loss, or keep a frozen reference copy."""
+
+    @abstractmethod
+    def collate(self, rows: Sequence[Sequence[Any]], task_ids: Sequence[int], pad_id: int,
+                pad_to_multiple_of: Optional[int]) -> dict:
+        """A micro-batch (dict of CPU tensors) from units: each unit a list of tokenised samples of task task_ids[i]."""
+
+    @abstractmethod
+    def count(self, batch: dict) -> StepCounts:
+        """This micro-batch's loss units and samples per task (the loop sums them over the step before any forward)."""
+
+    @abstractmethod
+    def forward(self, model: nn.Module, batch: dict, training: bool) -> Any:
+        """Run the model (the loop wraps this in autocast). Returns whatever `train_loss` / `eval_sums` need, e.g.
+        per-token losses; `training` says whether gradients flow and auxiliary outputs are wanted."""
+
+    @abstractmethod
+    def train_loss(self, fwd: Any, batch: dict, ctx: StepContext) -> MicroOutput:
+        """This micro-batch's exact share of the step loss, from `forward`'s output and the whole step's counts."""
+
+    @abstractmethod
+    def eval_sums(self, fwd: Any, batch: dict) -> EvalSums:
+        """Per-task loss sums and counts of a validation batch (forward ran with training=False, under no_grad)."""
+
+    def describe(self) -> str:
+        """One phrase for the start-of-run log line."""
+        return self.name
