@@ -382,21 +382,27 @@ TOKENIZER_FILE_SETS = (("tokenizer.json",), ("tokenizer.model",), ("spiece.model
                        ("vocab.txt",))
 
 
-def check_tokenizer_files(path: str, trust_remote_code: bool = False, key: str = "pretrained_model_path") -> None:
-    """Refuse a model folder without tokenizer files up front, saying which (the loader's own error blames
-    sentencepiece or tiktoken)."""
-    names = set(os.listdir(path))
+def tokenizer_files_problem(path: str, trust_remote_code: bool = False) -> Optional[str]:
+    """None when `path` holds a loadable set of tokenizer files, else what is missing (the loader's own error would
+    blame sentencepiece or tiktoken). The one place that knows the tokenizer file sets."""
+    names = set(os.listdir(path)) if os.path.isdir(path) else set()
     if any(all(n in names for n in group) for group in TOKENIZER_FILE_SETS):
-        return
+        return None
     if any(n.endswith(".tiktoken") for n in names):
-        return
+        return None
     if trust_remote_code and "tokenizer_config.json" in names:
-        return  # custom tokenizer code may read files of its own naming
+        return None  # custom tokenizer code may read files of its own naming
     wanted = ", ".join(" + ".join(group) for group in TOKENIZER_FILE_SETS) + " or *.tiktoken"
     partial = [n for group in TOKENIZER_FILE_SETS for n in group if n in names]
     found = f"; it has {', '.join(partial)} but not the rest of its set" if partial else ""
-    raise ConfigError(f"{key}: no tokenizer files in {path!r} (needs one of: {wanted}{found}); copy the tokenizer "
-                      "files of the model it came from into it")
+    return f"no tokenizer files in {path!r} (needs one of: {wanted}{found})"
+
+
+def check_tokenizer_files(path: str, trust_remote_code: bool = False, key: str = "pretrained_model_path") -> None:
+    """Refuse a model folder without tokenizer files up front, saying which."""
+    problem = tokenizer_files_problem(path, trust_remote_code)
+    if problem:
+        raise ConfigError(f"{key}: {problem}; copy the tokenizer files of the model it came from into it")
 
 
 def check_environment(cfg: TrainConfig) -> None:

@@ -78,7 +78,21 @@ def test_library_noise_is_hidden_unless_verbose(name, message):
     assert hide.filter(_record(name, "something else went wrong"))  # only the known message is hidden
 
 
-def test_library_future_warnings_are_hidden_ours_are_not(monkeypatch):
+@pytest.fixture
+def restore_logging():
+    """configure_logging changes process-wide state: put it back for the tests that follow."""
+    names = ("", "mftcoder", "DeepSpeed", *runtime.LIBRARY_LOGGERS)
+    saved = {n: (logging.getLogger(n).level, list(logging.getLogger(n).handlers), list(logging.getLogger(n).filters))
+             for n in names}
+    yield
+    for n, (level, handlers, filters) in saved.items():
+        logger = logging.getLogger(n)
+        logger.setLevel(level)
+        logger.handlers[:] = handlers
+        logger.filters[:] = filters
+
+
+def test_library_future_warnings_are_hidden_ours_are_not(monkeypatch, restore_logging):
     monkeypatch.delenv(runtime.LOG_LEVEL_ENV, raising=False)
     with warnings.catch_warnings(record=True) as seen:
         warnings.simplefilter("default")  # pytest's own config ignores FutureWarning: start from Python's default
@@ -93,7 +107,6 @@ def test_library_future_warnings_are_hidden_ours_are_not(monkeypatch):
         runtime.configure_logging(verbose=True)
         warnings.warn_explicit("`y` is deprecated", FutureWarning, "f.py", 3, module="transformers.modeling_utils")
     assert len(seen) == 1
-    runtime.configure_logging(verbose=False)
 
 
 def test_log_level_from_flag_or_environment():

@@ -3,11 +3,11 @@ from __future__ import annotations
 
 import os
 
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json", "tiktoken.model")
+from mftcoder.config import tokenizer_files_problem
 
 
-def has_tokenizer_files(path: str) -> bool:
-    return any(os.path.isfile(os.path.join(path, f)) for f in TOKENIZER_FILES)
+def has_tokenizer_files(path: str, trust_remote_code: bool = False) -> bool:
+    return tokenizer_files_problem(path, trust_remote_code) is None
 
 
 def load_tokenizer(path: str, trust_remote_code: bool = False, *, adapter: str | None = None,
@@ -19,11 +19,12 @@ def load_tokenizer(path: str, trust_remote_code: bool = False, *, adapter: str |
     tiktoken instead). Training needs a fast tokenizer (character offsets map loss masks to tokens)."""
     from transformers import AutoTokenizer
 
-    source = adapter if adapter and has_tokenizer_files(adapter) else path
-    if os.path.isdir(source) and not has_tokenizer_files(source):
-        where = f"{source}" + (f" (nor the adapter folder {adapter})" if adapter and source != adapter else "")
-        raise ValueError(f"{where} holds no tokenizer files (expected one of {', '.join(TOKENIZER_FILES)}); "
-                         "save the tokenizer there with tokenizer.save_pretrained(...) or copy it from the base model")
+    source = adapter if adapter and has_tokenizer_files(adapter, trust_remote_code) else path
+    problem = tokenizer_files_problem(source, trust_remote_code) if os.path.isdir(source) else None
+    if problem:
+        where = f" (nor in the adapter folder {adapter!r})" if adapter and source != adapter else ""
+        raise ValueError(f"{problem}{where}; save the tokenizer there with tokenizer.save_pretrained(...) or copy "
+                         "it from the base model")
     tok = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
     if require_fast and not getattr(tok, "is_fast", False):
         raise ValueError(f"{source}: a fast (Rust) tokenizer is needed to map loss masks to tokens; "

@@ -62,7 +62,9 @@ def process_group_kwargs(backend: str, cuda: bool, timeout: datetime.timedelta) 
             # accelerate reads it as "not DeepSpeed"; DeepSpeed on CPU only needs its own accelerator switch
             log.warning("ACCELERATE_USE_CPU is ignored under DeepSpeed (it would disable DeepSpeed); "
                         "DeepSpeed runs on CPU through DS_ACCELERATOR=cpu")
-        os.environ.setdefault("DS_ACCELERATOR", "cpu")
+        from mftcoder.runtime import choose_deepspeed_accelerator
+
+        choose_deepspeed_accelerator()  # normally already done when mftcoder was imported; the one owner of the choice
         return [InitProcessGroupKwargs(backend="gloo", timeout=timeout)]
     if backend == "fsdp":
         from accelerate import PartialState
