@@ -15,6 +15,8 @@ from typing import Any, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
+from mftcoder.jsonl import read_json_object
+
 
 class ConfigError(ValueError):
     """A train_config problem, with the key and what would be valid."""
@@ -365,14 +367,10 @@ def read_model_config(path: str, key: str = "pretrained_model_path") -> dict:
     if not os.path.isfile(file):
         raise ConfigError(f"{key}: no config.json in {path!r}")
     try:
-        with open(file, encoding="utf-8") as f:
-            data = json.load(f)
-    except json.JSONDecodeError as e:
-        raise ConfigError(f"{file}:{e.lineno}: invalid JSON: {e.msg} (a damaged model config; copy it again from "
-                          "the original model)") from None
-    except UnicodeDecodeError:
-        raise ConfigError(f"{file}: not UTF-8 text (a damaged model config; copy it again)") from None
-    if not isinstance(data, dict) or "model_type" not in data:
+        data = read_json_object(file)
+    except ValueError as e:
+        raise ConfigError(f"{e} (a damaged model config; copy it again from the original model)") from None
+    if "model_type" not in data:
         raise ConfigError(f"{file}: not a Hugging Face model config (a JSON object with a 'model_type' key)")
     return data
 

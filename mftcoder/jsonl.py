@@ -23,7 +23,21 @@ def iter_json_objects(path: str, kind: str = "input", expected: str = "a JSON ob
         try:
             row = json.loads(line)
         except json.JSONDecodeError as e:
-            raise ValueError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
+            raise ValueError(f"{path}:{lineno}: invalid JSON: {e.msg}") from None
         if not isinstance(row, dict):
             raise ValueError(f"{path}:{lineno}: expected {expected}")
         yield lineno, row
+
+
+def read_json_object(path: str) -> dict:
+    """A whole-file JSON object (a config), or a ValueError naming file:line and the JSON problem."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}:{e.lineno}: invalid JSON: {e.msg}") from None
+    except UnicodeDecodeError:
+        raise ValueError(f"{path}: not UTF-8 text") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a JSON object of keys")
+    return data

@@ -208,5 +208,5 @@ def test_a_damaged_model_folder_is_one_clear_error(tiny_model_dir, tmp_path):
     with pytest.raises(ValueError, match=rf"no tokenizer files in '{bare}' \(needs one of: tokenizer.json"):
         load_for_inference(str(bare))
     (bare / "config.json").write_text('{"model_type": "llama",\n')
-    with pytest.raises(ValueError, match=rf"{bare}/config.json:2: not valid JSON"):
+    with pytest.raises(ValueError, match=rf"{bare}/config.json:2: invalid JSON"):
         load_for_inference(str(bare))

@@ -138,13 +138,18 @@ def test_cli_generates_jsonl_with_template_and_reports_speed(tiny_chat_model_dir
     assert prompts[0] == "<s>human\nWrite a function.\n<s>bot\n"
     expected = generate_texts(model, tok, prompts, GenerationSettings(max_new_tokens=10), progress=False)
     assert [l["output"] for l in lines] == [t[0] for t in expected.texts]
+    # --output -: stdout carries exactly the same jsonl and nothing else (the report goes to stderr)
+    res = _cli(["--model", tiny_chat_model_dir, "--input", str(inp), "--output", "-", "--max_new_tokens", "10",
+                "--batch_size", "2"])
+    assert res.returncode == 0, res.stderr
+    assert res.stdout == out.read_text() and "tokens/s" in res.stderr
 
 
 def test_cli_errors_name_the_line_and_the_fix(tiny_model_dir, tmp_path):
     inp, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
     inp.write_text('{"prompt": "x"}\n{"prompt": "y"\n')
     res = _cli(["--model", tiny_model_dir, "--input", str(inp), "--output", str(out)])
-    assert res.returncode != 0 and f"{inp}:2: not valid JSON" in res.stderr
+    assert res.returncode != 0 and f"{inp}:2: invalid JSON" in res.stderr
     inp.write_text('{"prompt": "x"}\n')
     res = _cli(["--model", tiny_model_dir, "--input", str(inp), "--output", str(out)])
     assert res.returncode != 0 and "no chat_template" in res.stderr and "--raw" in res.stderr

@@ -100,6 +100,10 @@ def test_resume_only_accepts_the_same_runs_checkpoints(tiny_model_dir, tasks, tm
                              resume_from_checkpoint="latest"))
     assert summary["steps"] == 3
     assert [r["step"] for r in train_records(read_records(out))] == [1, 2, 3]
+    # a shorter run cannot resume a checkpoint past its end (it would report more steps than it was given)
+    with pytest.raises(ConfigError, match=r"checkpoint-3' is at step 3, past this run's last step 2"):
+        train(make_cfg(tiny_model_dir, tasks, out, checkpointing_steps=1, max_train_steps=2,
+                       resume_from_checkpoint="latest"))
 
 
 def test_config_differences_ignore_resume_and_bookkeeping_keys():

@@ -21,6 +21,7 @@ from mftcoder.infer.engine import generate_texts
 from mftcoder.infer.options import add_generation_args, load_from_args, settings_from_args
 from mftcoder.infer.prompts import raw_prompt, record_messages, render_messages
 from mftcoder.jsonl import iter_json_objects
+from mftcoder.runtime import data_stdout
 
 EXAMPLE = """\
 printf '%s\\n' '{"id": 1, "prompt": "Write a function that reverses a string."}' > prompts.jsonl
@@ -38,7 +39,7 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     with_example(parser, EXAMPLE)
     add_generation_args(parser)
     parser.add_argument("--input", required=True, help="prompts jsonl(.gz), one line in any training format")
-    parser.add_argument("--output", required=True, help="output jsonl (input fields + output)")
+    parser.add_argument("--output", required=True, help="output jsonl (input fields + output); - for stdout")
     parser.add_argument("--raw", action="store_true", help="send the prompt text as is, without the chat template")
     parser.add_argument("--no_progress", action="store_true")
     return parser
@@ -62,25 +63,41 @@ def _run(args: argparse.Namespace) -> int:
     if not args.raw:  # the lines are checked before the model loads
         for lineno, rec in records:
             record_messages(rec, f"{args.input}:{lineno}")
-    model, tokenizer = load_from_args(args)
-    prompts = prompts_of(records, args.input, tokenizer, args.raw)
-    result = generate_texts(model, tokenizer, prompts, settings, add_special_tokens=args.raw,
-                            progress=not args.no_progress)
-    os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
-    tmp = args.output + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        for (_, rec), texts in zip(records, result.texts):
-            out = dict(rec)
-            if "output" in out:  # an Alpaca answer in the input: kept as the reference, not overwritten
-                out.setdefault("reference", out.pop("output"))
-            out["output"] = texts[0]
-            if settings.n > 1:
-                out["outputs"] = texts
-            f.write(json.dumps(out, ensure_ascii=False) + "\n")
-    os.replace(tmp, args.output)
+    with data_stdout() as stdout:  # with --output -, stdout carries the jsonl and nothing else
+        model, tokenizer = load_from_args(args)
+        prompts = prompts_of(records, args.input, tokenizer, args.raw)
+        result = generate_texts(model, tokenizer, prompts, settings, add_special_tokens=args.raw,
+                                progress=not args.no_progress)
+        lines = output_lines(records, result.texts, settings.n)
+        if args.output == "-":
+            stdout.writelines(lines)
+        else:
+            _write_atomically(args.output, lines)
     print(f"generated {len(records)} x {settings.n} samples, {result.new_tokens} tokens in {result.seconds:.1f} s "
           f"({result.tokens_per_s:.1f} tokens/s) -> {args.output}", file=sys.stderr)
     return 0
+
+
+def output_lines(records: list[tuple[int, dict]], texts: list[list[str]], n: int) -> list[str]:
+    """Each input line with its answer: "output" (and "outputs" when n > 1)."""
+    lines = []
+    for (_, rec), answers in zip(records, texts):
+        out = dict(rec)
+        if "output" in out:  # an Alpaca answer in the input: kept as the reference, not overwritten
+            out.setdefault("reference", out.pop("output"))
+        out["output"] = answers[0]
+        if n > 1:
+            out["outputs"] = answers
+        lines.append(json.dumps(out, ensure_ascii=False) + "\n")
+    return lines
+
+
+def _write_atomically(path: str, lines: list[str]) -> None:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.writelines(lines)
+    os.replace(tmp, path)
 
 
 def main(argv: list[str] | None = None) -> int:

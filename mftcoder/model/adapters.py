@@ -19,6 +19,8 @@ import os
 import re
 import sys
 
+from mftcoder.jsonl import read_json_object
+
 ADAPTER_CONFIG = "adapter_config.json"
 _WEIGHT_FILES = ("adapter_model.safetensors", "adapter_model.bin")
 _WRAPPERS = re.compile(r"(^|\.)(module|_fsdp_wrapped_module|_checkpoint_wrapped_module|_orig_mod)\.")
@@ -47,15 +49,7 @@ def find_adapter_dir(path: str) -> str:
 
 
 def read_adapter_config(adapter_dir: str) -> dict:
-    path = os.path.join(adapter_dir, ADAPTER_CONFIG)
-    try:
-        with open(path, encoding="utf-8") as f:
-            config = json.load(f)
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: not valid JSON ({e.msg} at line {e.lineno})") from None
-    if not isinstance(config, dict):
-        raise ValueError(f"{path}: expected a JSON object")
-    return config
+    return read_json_object(os.path.join(adapter_dir, ADAPTER_CONFIG))
 
 
 def normalize_key(key: str) -> str:

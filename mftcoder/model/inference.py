@@ -5,8 +5,9 @@
 """
 from __future__ import annotations
 
-import json
 import os
+
+from mftcoder.config import read_model_config
 
 _DTYPES = {"float32": "float32", "fp32": "float32", "bfloat16": "bfloat16", "bf16": "bfloat16",
            "float16": "float16", "fp16": "float16"}
@@ -43,17 +44,7 @@ def load_config(model_dir: str):
     """The model's transformers config; a missing folder, config.json or broken JSON is one clear error."""
     from transformers import AutoConfig
 
-    if not os.path.isdir(model_dir):
-        raise FileNotFoundError(f"model directory {model_dir} does not exist")
-    path = os.path.join(model_dir, "config.json")
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"{model_dir} holds no config.json; expected a Hugging Face model directory")
-    try:
-        with open(path, encoding="utf-8") as f:
-            json.load(f)
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path}:{e.lineno}: not valid JSON ({e.msg}); the model directory is damaged "
-                         "(an interrupted save?)") from None
+    read_model_config(model_dir, key="model")  # a missing folder, config.json or broken JSON: one clear error
     return AutoConfig.from_pretrained(model_dir)
 
 

@@ -162,7 +162,7 @@ def _setup_data(cfg: TrainConfig, acc) -> Run:
     check_scheduler(cfg, total_steps)  # a bad schedule or resume path fails here, before the model loads
     resume_path = resolve_resume(cfg.resume_from_checkpoint, cfg.output_dir, cfg.auto_resume)
     if resume_path:
-        _check_resume_matches(resume_path, batches, data.content_digest)
+        _check_resume_matches(resume_path, batches, data.content_digest, total_steps)
     end_reason = StopReason.MAX_STEPS if total_steps < epoch_steps else StopReason.EPOCHS
     return Run(cfg, acc, tokenizer, data, batches, objective, valid_units, total_steps, end_reason, resume_path)
 
@@ -381,9 +381,13 @@ def _to_device(batch: dict, device) -> dict:
     return {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
 
 
-def _check_resume_matches(path: str, batches: TrainBatches, data_digest: str) -> None:
-    """The batches after a resume must be the ones the interrupted run would have seen."""
+def _check_resume_matches(path: str, batches: TrainBatches, data_digest: str, total_steps: int) -> None:
+    """The batches after a resume must be the ones the interrupted run would have seen, and within this run."""
     loop = read_loop_state(path)["loop"]
+    if loop.get("step", 0) > total_steps:
+        raise ConfigError(f"resume_from_checkpoint {path!r} is at step {loop['step']}, past this run's last step "
+                          f"{total_steps} (max_train_steps / num_train_epochs); raise max_train_steps or resume an "
+                          "earlier checkpoint")
     if loop.get("data_digest") and loop["data_digest"] != data_digest:
         raise ConfigError(f"resume_from_checkpoint {path!r}: the training data changed since the checkpoint (file "
                           "contents, tokenizer, template, seq_length or data_split differ), so the batches after the "
