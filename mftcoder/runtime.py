@@ -64,13 +64,15 @@ NOISE = (
 
 
 def verbosity(verbose: bool = False, environ: dict | None = None) -> int:
-    """The level of our own logger: DEBUG with --verbose or MFTCODER_LOG_LEVEL=debug, else that level or INFO."""
+    """The level of our own logger: DEBUG with --verbose or MFTCODER_LOG_LEVEL=debug, else that level or INFO.
+    Processes other than rank 0 of a launched run log warnings only (their INFO lines would repeat rank 0's)."""
     environ = os.environ if environ is None else environ
     if verbose:
         return logging.DEBUG
     name = environ.get(LOG_LEVEL_ENV, "").strip().upper()
     level = logging.getLevelName(name) if name else logging.INFO
-    return level if isinstance(level, int) else logging.INFO
+    level = level if isinstance(level, int) else logging.INFO
+    return level if environ.get("RANK", "0") == "0" else max(level, logging.WARNING)
 
 
 class _HideNoise(logging.Filter):

@@ -115,6 +115,10 @@ def test_log_level_from_flag_or_environment():
     assert runtime.verbosity(False, {runtime.LOG_LEVEL_ENV: "debug"}) == logging.DEBUG
     assert runtime.verbosity(False, {runtime.LOG_LEVEL_ENV: "warning"}) == logging.WARNING
     assert runtime.verbosity(False, {runtime.LOG_LEVEL_ENV: "chatty"}) == logging.INFO
+    # other ranks of a launched run do not repeat rank 0's info lines, but keep their warnings
+    assert runtime.verbosity(False, {"RANK": "1"}) == logging.WARNING
+    assert runtime.verbosity(False, {"RANK": "0"}) == logging.INFO
+    assert runtime.verbosity(True, {"RANK": "1"}) == logging.DEBUG
 
 
 def test_bf16_from_the_yaml_falls_back_where_the_hardware_lacks_it(monkeypatch, caplog):
