@@ -331,15 +331,13 @@ def _parse_yaml(text: str, path: str) -> Any:
 def read_config_file(path: str) -> dict:
     if not os.path.isfile(path):
         raise ConfigError(f"train_config file not found: {path}")
-    with open(path, encoding="utf-8") as f:
-        text = f.read()
-    if path.endswith((".yaml", ".yml")):
-        data = _parse_yaml(text, path)
-    else:
+    if not path.endswith((".yaml", ".yml")):
         try:
-            data = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise ConfigError(f"{path}:{e.lineno}: invalid JSON: {e.msg}") from None
+            return read_json_object(path)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+    with open(path, encoding="utf-8") as f:
+        data = _parse_yaml(f.read(), path)
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the train_config must be a JSON/YAML object of keys")
     return data
