@@ -49,9 +49,10 @@ def with_example(parser: argparse.ArgumentParser, example: str) -> argparse.Argu
 def exit_quietly_on_broken_pipe(main: Callable[[], int]) -> int:
     """Run `main`; if stdout's reader has gone (`| head`), stop without a traceback and with SIGPIPE's status."""
     try:
-        status = main()
-        sys.stdout.flush()  # surface a late EPIPE here rather than at interpreter exit
-        return status
+        try:
+            return main()
+        finally:  # surface a late EPIPE here (argparse's --version/--help exits included), not at interpreter exit
+            sys.stdout.flush()
     except BrokenPipeError:
         # later flushes (at exit) must not fail again: point stdout at /dev/null
         devnull = os.open(os.devnull, os.O_WRONLY)
