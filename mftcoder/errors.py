@@ -21,10 +21,10 @@ def report(message: object) -> int:
     return EXIT_BAD_INPUT
 
 
-def run_reporting_errors(command: str, run: Callable[[argparse.Namespace], int], args: argparse.Namespace,
+def run_reporting_errors(run: Callable[[argparse.Namespace], int], args: argparse.Namespace,
                          errors: tuple[type[Exception], ...] = USER_ERRORS) -> int:
-    """Run a subcommand; the expected kinds of bad input become `error: ...` and exit 2. `command` is kept for
-    the callers' readability; the message itself names the file, key or option at fault."""
+    """Run a subcommand; the expected kinds of bad input become `error: ...` and exit 2 (the message itself names
+    the file, key or option at fault)."""
     try:
         return run(args)
     except errors as e:

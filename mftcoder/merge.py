@@ -93,7 +93,7 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
 
 def run(args: argparse.Namespace) -> int:
     """Entry point for `mftcoder merge`: bad input gives one clear error line and exit status 2."""
-    return run_reporting_errors("mftcoder merge", _run, args, USER_ERRORS + (FileExistsError,))
+    return run_reporting_errors(_run, args, USER_ERRORS + (FileExistsError,))
 
 
 def _run(args: argparse.Namespace) -> int:

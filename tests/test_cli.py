@@ -98,7 +98,7 @@ def test_subcommand_errors_share_the_style(capsys):
     def fails(args):
         raise ValueError("prompts.jsonl:3: not valid JSON")
 
-    assert run_reporting_errors("mftcoder generate", fails, argparse.Namespace()) == 2
+    assert run_reporting_errors(fails, argparse.Namespace()) == 2
     assert capsys.readouterr().err == "error: prompts.jsonl:3: not valid JSON\n"
 
 

@@ -291,7 +291,7 @@ def write_stats(output_dir: str, stats: dict) -> str:
     """Written under a temporary name and renamed: a reader sees the old file or the whole new one."""
     os.makedirs(output_dir, exist_ok=True)
     path = os.path.join(output_dir, STATS_FILE)
-    tmp = os.path.join(output_dir, f".{STATS_FILE}.tmp-{os.getpid()}")  # one per process: every rank writes it
+    tmp = os.path.join(output_dir, f".{STATS_FILE}.tmp-{os.getpid()}")  # per process: two runs never share it
     try:
         with open(tmp, "w") as f:
             json.dump(stats, f, indent=1)

@@ -8,12 +8,17 @@ from mftcoder.data.cache import TokenizedData, load_or_build, remove_stats, stat
 from mftcoder.model.tokenizer import load_tokenizer
 
 
-def prepare_data(cfg: TrainConfig, tokenizer=None, *, progress: bool = True, verbose: bool = True) -> TokenizedData:
-    remove_stats(cfg.output_dir)  # from here on, data_stats.json is this run's or absent
+def prepare_data(cfg: TrainConfig, tokenizer=None, *, progress: bool = True, verbose: bool = True,
+                 writes_stats: bool = True) -> TokenizedData:
+    """The tokenised tasks (from the cache or built now). `writes_stats`: this process owns output_dir's
+    data_stats.json (in a launched run only the main process does; the others would remove and rewrite it)."""
+    if writes_stats:
+        remove_stats(cfg.output_dir)  # from here on, data_stats.json is this run's or absent
     tokenizer = tokenizer or load_tokenizer(cfg.pretrained_model_path, cfg.trust_remote_code)
     start = time.perf_counter()
     data = load_or_build(cfg, tokenizer, progress=progress)
-    write_stats(cfg.output_dir, data.stats)
+    if writes_stats:
+        write_stats(cfg.output_dir, data.stats)
     if verbose:
         how = "loaded from cache" if data.from_cache else "tokenised"
         print(f"{how} in {time.perf_counter() - start:.2f}s: {data.cache_path}")

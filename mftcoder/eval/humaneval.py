@@ -243,7 +243,7 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
 
 def run(args: argparse.Namespace) -> int:
     """Entry point for `mftcoder eval humaneval`: bad input gives one clear error line and exit status 2."""
-    return run_reporting_errors("mftcoder eval humaneval", _run, args)
+    return run_reporting_errors(_run, args)
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -54,7 +54,7 @@ def prompts_of(records: list[tuple[int, dict]], path: str, tokenizer, raw: bool)
 
 def run(args: argparse.Namespace) -> int:
     """Entry point for `mftcoder generate`: bad input gives one clear error line and exit status 2."""
-    return run_reporting_errors("mftcoder generate", _run, args)
+    return run_reporting_errors(_run, args)
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -8,9 +8,9 @@ chat template, which for a model trained with mftcoder is the template training 
 """
 from __future__ import annotations
 
-from mftcoder.data.formats import parse_prompt
+from mftcoder.data.formats import PROMPT_KEYS, parse_prompt
 
-RAW_KEYS = ("prompt", "instruction", "question", "query", "input", "text")
+RAW_KEYS = (*PROMPT_KEYS, "text")
 
 
 def record_messages(record: dict, where: str = "input") -> list[dict]:

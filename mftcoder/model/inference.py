@@ -44,7 +44,7 @@ def load_config(model_dir: str):
     """The model's transformers config; a missing folder, config.json or broken JSON is one clear error."""
     from transformers import AutoConfig
 
-    read_model_config(model_dir, key="model")  # a missing folder, config.json or broken JSON: one clear error
+    read_model_config(model_dir, key="model")
     return AutoConfig.from_pretrained(model_dir)
 
 

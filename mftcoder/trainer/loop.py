@@ -146,7 +146,8 @@ def _setup_data(cfg: TrainConfig, acc) -> Run:
     tokenizer = load_tokenizer(cfg.pretrained_model_path, cfg.trust_remote_code)
     attach_chat_template(tokenizer, get_template(cfg.template, tokenizer, cfg.role_markers))
     with acc.main_process_first():  # rank 0 tokenises; the others then read its cache
-        data = prepare_data(cfg, tokenizer, progress=acc.is_main_process, verbose=acc.is_main_process)
+        data = prepare_data(cfg, tokenizer, progress=acc.is_main_process, verbose=acc.is_main_process,
+                            writes_stats=acc.is_main_process)
     empty = [t.task.name for t in data.tasks if len(t.train) == 0]
     if empty:  # a ConfigError so the CLI prints the message, not a traceback
         raise ConfigError(no_train_sample_message(empty, data.stats, cfg))
