@@ -70,6 +70,11 @@ LEGACY_IGNORED_KEYS = {
 
 ROLE_NAMES = ("system", "user", "assistant")
 
+PREFERENCE_OBJECTIVES = ("dpo", "orpo", "reward")
+# keys that belong to some objectives only (a run of another objective refuses them)
+OBJECTIVE_KEYS = {"dpo_beta": ("dpo",), "dpo_loss": ("dpo",), "reference_model_path": ("dpo",),
+                  "precompute_reference": ("dpo",), "orpo_lambda": ("orpo",), "router_aux_loss_coef": ("sft",)}
+
 
 def check_role_markers(role_markers: Optional[dict], template: Optional[str] = None) -> None:
     """The one rule for role_markers (the config and a template built without a config both use it): known roles,
@@ -136,6 +141,21 @@ class TrainConfig(BaseModel):
         None, description='LoRA target modules; default "all-linear".')
     modules_to_save: Optional[list[str]] = Field(None, description="Extra modules trained fully and saved with the adapter.")
     gradient_checkpointing: bool = Field(False, description="Recompute activations in backward to save memory.")
+
+    # --- objective ---------------------------------------------------------------------------------------------------
+    objective: Literal["sft", "dpo", "orpo", "reward"] = Field(
+        "sft", description="sft: cross entropy on the answers; dpo / orpo: preference pairs; reward: a scalar reward "
+                           "model trained on pairs (see README, Preference training).")
+    dpo_beta: float = Field(0.1, gt=0, description="DPO: beta, the strength of the pull towards the reference model.")
+    dpo_loss: Literal["sigmoid", "ipo", "hinge"] = Field(
+        "sigmoid", description="DPO loss: sigmoid (DPO paper), ipo (IPO's squared loss), hinge (SLiC's).")
+    orpo_lambda: float = Field(0.1, gt=0, description="ORPO: weight of the odds-ratio term added to the chosen NLL.")
+    reference_model_path: Optional[str] = Field(
+        None, description="DPO: the reference model folder; default the base model (with LoRA: the base with the "
+                          "adapter disabled, no second copy held).")
+    precompute_reference: bool = Field(
+        False, description="DPO: compute the reference log-probs once into the cache, then train without the "
+                           "reference model in memory.")
 
     # --- loss --------------------------------------------------------------------------------------------------------
     weighted_loss_mode: Literal["case1", "case2", "case3", "case4", "coba"] = Field(
@@ -247,6 +267,7 @@ class TrainConfig(BaseModel):
         if self.weighted_loss_mode == "coba" and self.split_fractions[1] == 0:
             raise ValueError("weighted_loss_mode='coba' needs validation data: data_split has 0 for valid")
         self._check_loss_weights_apply()
+        self._check_objective_keys()
         if self.min_lr > self.learning_rate:
             raise ValueError(f"min_lr ({self.min_lr}) is larger than learning_rate ({self.learning_rate})")
         if isinstance(self.num_warmup_steps, float) and self.num_warmup_steps >= 1:
@@ -266,6 +287,21 @@ class TrainConfig(BaseModel):
         raise ValueError(f"{' and '.join(given)} cannot be combined with weighted_loss_mode="
                          f"{self.weighted_loss_mode!r} ({why}); task weights apply only to case3 and case4: "
                          "remove them or choose one of those modes")
+
+    def _check_objective_keys(self) -> None:
+        # a key of another objective would be ignored without a word: name it instead
+        for key, objectives in OBJECTIVE_KEYS.items():
+            if key in self.model_fields_set and self.objective not in objectives:
+                raise ValueError(f"{key} applies only to objective {' / '.join(map(repr, objectives))}, not "
+                                 f"{self.objective!r}; remove it or set objective accordingly")
+        if self.objective != "sft" and self.tokenize_mode != "sft":
+            raise ValueError(f"tokenize_mode={self.tokenize_mode!r} cannot be combined with objective="
+                             f"{self.objective!r}: preference objectives train on pairs of answers")
+
+    @property
+    def is_preference(self) -> bool:
+        """Does the objective train on (prompt, chosen, rejected) pairs?"""
+        return self.objective in PREFERENCE_OBJECTIVES
 
     # --- derived values ----------------------------------------------------------------------------------------------
     @property

@@ -55,10 +55,10 @@ def test_the_first_stop_reason_wins_and_is_the_summary_text():
 # ---- the objective interface -----------------------------------------------------------------------------------------
 
 def test_registry_knows_sft_and_rejects_an_unknown_objective_clearly():
-    assert OBJECTIVES == {"sft": SFTObjective} and objective_class("sft") is SFTObjective
-    with pytest.raises(ConfigError, match=r"^objective: 'dpo' is not a known objective; valid: sft$"):
-        objective_class("dpo")
-    with pytest.raises(ConfigError, match="valid: sft"):
+    assert set(OBJECTIVES) == {"sft", "dpo", "orpo", "reward"} and objective_class("sft") is SFTObjective
+    with pytest.raises(ConfigError, match=r"^objective: 'ppo' is not a known objective; valid: dpo, orpo, reward, sft$"):
+        objective_class("ppo")
+    with pytest.raises(ConfigError, match="valid: dpo, orpo, reward, sft"):
         make_objective(None, cfg=None, num_tasks=2, chunked=False)
 
 
@@ -97,13 +97,14 @@ def test_setup_then_one_train_step_and_validation_match_the_hand_computation(tin
         model = initial_model(tiny_model_dir)
 
         # validation of the untrained model: per-task token mean over every validation sample, in any grouping
-        valid = validate(run, run.valid_units)
+        valid, metrics = validate(run, run.valid_units)
+        assert metrics == {}  # SFT has no per-unit metrics
         with torch.no_grad():
             for k in range(2):
                 units = [(k, i) for i in range(len(data.tasks[k].valid))]
                 vs = sample_losses(model, [batches.collate_units(units, "valid")])
                 assert rel(valid[k], float(sum(l.sum() for _, l in vs)) / sum(len(l) for _, l in vs)) < 1e-5
-        only_b = validate(run, [u for u in run.valid_units if u[0] == 1])
+        only_b, _ = validate(run, [u for u in run.valid_units if u[0] == 1])
         assert only_b[0] is None and rel(only_b[1], valid[1]) < 1e-6
         ev = evaluate(run, 0)
         assert ev["task_loss"] == {"a": valid[0], "b": valid[1]} and rel(ev["loss"], (valid[0] + valid[1]) / 2) < 1e-9
@@ -120,7 +121,7 @@ def test_setup_then_one_train_step_and_validation_match_the_hand_computation(tin
         assert record["task_weight"] == pytest.approx({"a": 0.2, "b": 0.8})
         assert "router_aux_loss" not in record  # a dense model
         # the step changed the weights: validation now differs from the untrained model's
-        assert validate(run, run.valid_units) != valid
+        assert validate(run, run.valid_units)[0] != valid
     finally:
         run.metrics.close()
         run.acc.end_training()

@@ -95,6 +95,7 @@ def data_fingerprint(cfg: TrainConfig, tasks: list[Task], tokenizer) -> tuple[st
         "template_jinja": build_template(cfg, tokenizer).jinja,
         "seq_length": cfg.seq_length,
         "tokenize_mode": cfg.tokenize_mode,
+        **({"pairs": True} if cfg.is_preference else {}),  # SFT fingerprints stay as they were
         "overlong_policy": cfg.overlong_policy,
         "on_bad_line": cfg.on_bad_line,
         "data_split": cfg.split_fractions,
@@ -114,10 +115,13 @@ def content_digest(inputs: dict) -> str:
 
 
 class SampleStore:
-    """The tokenised samples of one task and split: views into the memory-mapped arrays."""
+    """The tokenised samples of one task and split: views into the memory-mapped arrays. `rows` is each sample's row
+    in the cache's index (a key for values computed per sample, e.g. reference log-probs)."""
 
-    def __init__(self, ids: np.ndarray, mask: np.ndarray, offsets: np.ndarray, lengths: np.ndarray):
+    def __init__(self, ids: np.ndarray, mask: np.ndarray, offsets: np.ndarray, lengths: np.ndarray,
+                 rows: Optional[np.ndarray] = None):
         self._ids, self._mask, self._offsets, self.lengths = ids, mask, offsets, lengths
+        self.rows = rows if rows is not None else np.arange(len(lengths))
 
     def __len__(self) -> int:
         return len(self.lengths)
@@ -141,6 +145,7 @@ class TokenizedData:
     cache_path: str
     from_cache: bool
     content_digest: str = ""  # the tokens' identity without file paths: moved data keeps it, edited data does not
+    num_rows: int = 0  # samples in the cache (all tasks and splits): the length of per-sample arrays
 
     @property
     def task_names(self) -> list[str]:
@@ -160,15 +165,16 @@ def _count(st: dict, r: LineResult) -> None:
     else:
         st["overlong"] += int(r.overlong)
         st["truncated"] += int(r.overlong)
-        st[f"{r.split}_samples"] += 1
-        st["tokens"] += len(r.ids)
-        st["loss_tokens"] += int(r.mask[1:].sum())
+        st[f"{r.split}_samples"] += 1  # a preference pair counts once (its two sequences are one sample)
+        st["tokens"] += sum(len(ids) for ids, _ in r.samples)
+        st["loss_tokens"] += sum(int(mask[1:].sum()) for _, mask in r.samples)
 
 
 def _build(cfg: TrainConfig, tasks: list[Task], tokenizer, out_dir: str, num_workers: int, progress: bool) -> dict:
     from tqdm import tqdm
 
-    stats = {t.name: {"files": list(t.files), **{k: 0 for k in STAT_KEYS}} for t in tasks}
+    unit = "pair" if cfg.is_preference else "sample"  # what *_samples count
+    stats = {t.name: {"files": list(t.files), "unit": unit, **{k: 0 for k in STAT_KEYS}} for t in tasks}
     ids_parts, mask_parts, index_rows, offset = [], [], [], 0
     rejected_examples: dict[str, list[str]] = {t.name: [] for t in tasks}
     total_bytes = sum(os.path.getsize(f) for t in tasks for f in t.files)
@@ -185,11 +191,11 @@ def _build(cfg: TrainConfig, tasks: list[Task], tokenizer, out_dir: str, num_wor
                     if len(rejected_examples[name]) < 5:
                         rejected_examples[name].append(r.reason)
                 _count(stats[name], r)
-                if r.status == "ok":
-                    ids_parts.append(r.ids)
-                    mask_parts.append(r.mask)
-                    index_rows.append((job.task_id, SPLITS.index(r.split), offset, len(r.ids)))
-                    offset += len(r.ids)
+                for ids, mask in r.samples:  # a pair's chosen and rejected are consecutive rows
+                    ids_parts.append(ids)
+                    mask_parts.append(mask)
+                    index_rows.append((job.task_id, SPLITS.index(r.split), offset, len(ids)))
+                    offset += len(ids)
             bar.update(job.nbytes)
     except DataFormatError as e:  # a file that cannot be read at all (a broken gzip): no line of it is usable
         raise PreprocessError(str(e)) from None
@@ -202,7 +208,7 @@ def _build(cfg: TrainConfig, tasks: list[Task], tokenizer, out_dir: str, num_wor
     return {"tasks": stats, "rejected_examples": {k: v for k, v in rejected_examples.items() if v}}
 
 
-def _load(path: str, tasks: list[Task]) -> list[TaskData]:
+def _load(path: str, tasks: list[Task]) -> tuple[list[TaskData], int]:
     ids = np.load(os.path.join(path, "ids.npy"), mmap_mode="r")
     mask = np.load(os.path.join(path, "mask.npy"), mmap_mode="r")
     index = np.load(os.path.join(path, "index.npy"))
@@ -210,10 +216,10 @@ def _load(path: str, tasks: list[Task]) -> list[TaskData]:
     for t in tasks:
         stores = []
         for split in (0, 1):
-            rows = index[(index[:, 0] == t.task_id) & (index[:, 1] == split)]
-            stores.append(SampleStore(ids, mask, rows[:, 2].copy(), rows[:, 3].copy()))
+            rows = np.flatnonzero((index[:, 0] == t.task_id) & (index[:, 1] == split))
+            stores.append(SampleStore(ids, mask, index[rows, 2].copy(), index[rows, 3].copy(), rows))
         out.append(TaskData(t, stores[0], stores[1]))
-    return out
+    return out, len(index)
 
 
 def load_or_build(cfg: TrainConfig, tokenizer, *, num_workers: Optional[int] = None, progress: bool = True,
@@ -227,8 +233,9 @@ def load_or_build(cfg: TrainConfig, tokenizer, *, num_workers: Optional[int] = N
     if os.path.isfile(meta_path):
         with open(meta_path) as f:
             meta = json.load(f)
-        data = TokenizedData(_load(path, tasks), meta["stats"], path, from_cache=True,
-                             content_digest=content_digest(inputs))
+        task_data, num_rows = _load(path, tasks)
+        data = TokenizedData(task_data, meta["stats"], path, from_cache=True, content_digest=content_digest(inputs),
+                             num_rows=num_rows)
         warn_small_tasks(cfg, data)  # the run that loads the cache needs to hear it as much as preprocess did
         return data
     for t in tasks:
@@ -249,7 +256,9 @@ def load_or_build(cfg: TrainConfig, tokenizer, *, num_workers: Optional[int] = N
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    data = TokenizedData(_load(path, tasks), stats, path, from_cache=False, content_digest=content_digest(inputs))
+    task_data, num_rows = _load(path, tasks)
+    data = TokenizedData(task_data, stats, path, from_cache=False, content_digest=content_digest(inputs),
+                         num_rows=num_rows)
     warn_small_tasks(cfg, data)
     return data
 

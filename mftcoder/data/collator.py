@@ -24,9 +24,13 @@ def collate(
     task_ids: Sequence[int],
     pad_id: int,
     pad_to_multiple_of: int | None = None,
+    shift: bool = True,
 ) -> dict:
     """Returns input_ids, labels, position_ids, sample_ids [B, T] (long), sample_task_ids [S], task_ids [B] and
-    num_loss_tokens (python int): the number of labels that are not -100."""
+    num_loss_tokens (python int): the number of labels that are not -100.
+
+    `shift=False` keeps every token of a sample as input (a sequence scorer reads the last one), with labels = the
+    trained tokens themselves."""
     if len(samples_per_unit) == 0:
         raise ValueError("collate got an empty micro-batch")
     if len(task_ids) != len(samples_per_unit):
@@ -49,9 +53,10 @@ def collate(
                 )
             if len(ids) < 2:
                 raise ValueError(f"unit {b} sample {j} has {len(ids)} token(s); a sample needs at least 2")
-            n = len(ids) - 1
-            parts[0].append(ids[:-1])
-            parts[1].append(np.where(mask[1:] != 0, ids[1:], IGNORE_INDEX))
+            n = len(ids) - 1 if shift else len(ids)
+            inputs, targets, trained = (ids[:-1], ids[1:], mask[1:]) if shift else (ids, ids, mask)
+            parts[0].append(inputs)
+            parts[1].append(np.where(trained != 0, targets, IGNORE_INDEX))
             parts[2].append(np.arange(n, dtype=np.int64))
             parts[3].append(np.full(n, len(sample_task_ids), dtype=np.int64))
             sample_task_ids.append(int(task_ids[b]))
@@ -81,3 +86,19 @@ def collate(
         "task_ids": torch.tensor([int(t) for t in task_ids], dtype=torch.long),
         "num_loss_tokens": int((labels != IGNORE_INDEX).sum()),
     }
+
+
+def collate_pairs(units: Sequence[Sequence[tuple[np.ndarray, np.ndarray]]], task_ids: Sequence[int], pad_id: int,
+                  pad_to_multiple_of: int | None = None, *, packed: bool, shift: bool = True) -> dict:
+    """Preference pairs: each unit holds pairs as consecutive samples (chosen, rejected, chosen, ...). Padded, every
+    sample gets its own row; packed, a unit's samples share one row. Either way sample s belongs to pair s // 2 and is
+    the chosen answer iff s is even, and both answers of a pair are in the same micro-batch. Adds pair_task_ids [P]."""
+    for b, unit in enumerate(units):
+        if len(unit) % 2:
+            raise ValueError(f"unit {b} holds {len(unit)} samples; preference units hold whole pairs")
+    if not packed:
+        task_ids = [t for unit, t in zip(units, task_ids) for _ in unit]
+        units = [[sample] for unit in units for sample in unit]
+    batch = collate(units, task_ids, pad_id, pad_to_multiple_of, shift=shift)
+    batch["pair_task_ids"] = batch["sample_task_ids"][0::2].clone()
+    return batch

@@ -141,7 +141,7 @@ def _firefly(obj: dict, where: str) -> list[Turn]:
     return turns
 
 
-def _prompt_turns(obj: dict, where: str, prompt_key: str) -> list[Turn]:
+def prompt_turns(obj: dict, where: str, prompt_key: str) -> list[Turn]:
     """The optional system turn and the user turn of a prompt/answer line."""
     prompt = _content(obj[prompt_key], where, f"'{prompt_key}'")
     if prompt_key == "instruction" and "input" in obj:  # Alpaca: the input is appended to the instruction
@@ -154,7 +154,7 @@ def _prompt_turns(obj: dict, where: str, prompt_key: str) -> list[Turn]:
 
 
 def _prompt_answer(obj: dict, where: str, prompt_key: str, answer_key: str) -> list[Turn]:
-    turns = _prompt_turns(obj, where, prompt_key)
+    turns = prompt_turns(obj, where, prompt_key)
     return turns + [Turn("assistant", _content(obj[answer_key], where, f"'{answer_key}'"))]
 
 
@@ -221,7 +221,7 @@ def parse_prompt(obj: object, where: str) -> Conversation:
                                                             "conversation", *ANSWER_KEYS)):
         prompt_key = next((k for k in PROMPT_KEYS if k in obj), None)
         if prompt_key:
-            return Conversation(tuple(_prompt_turns(obj, where, prompt_key)))
+            return Conversation(tuple(prompt_turns(obj, where, prompt_key)))
     conv = parse_record(obj, where, require_assistant_last=False)
     if conv.kind == "text":
         raise DataFormatError(where, "a 'text' line is pretraining text with no question to answer; expected a chat "
@@ -276,13 +276,17 @@ def iter_jsonl(path: str) -> Iterator[tuple[int, str]]:
         yield number, decode_line(data, number, f"{path}:{number}")
 
 
-def parse_line(raw: str, where: str, **kw) -> Conversation:
-    """Parse one raw JSONL line (``where`` = ``"file:line"``); keyword args go to `parse_record`."""
+def load_json_line(raw: str, where: str) -> object:
+    """One raw JSONL line decoded, or a DataFormatError naming the line and the JSON problem."""
     if not raw.strip():
         raise DataFormatError(where, "empty line; expected one JSON object per line")
     try:
-        obj = json.loads(raw)
+        return json.loads(raw)
     except json.JSONDecodeError as e:
         raise DataFormatError(where, f"invalid JSON: {e.msg} at column {e.colno}; expected one JSON object "
                                      "per line") from None
-    return parse_record(obj, where, **kw)
+
+
+def parse_line(raw: str, where: str, **kw) -> Conversation:
+    """Parse one raw JSONL line (``where`` = ``"file:line"``); keyword args go to `parse_record`."""
+    return parse_record(load_json_line(raw, where), where, **kw)

@@ -112,8 +112,12 @@ class ChatTemplate:
         return self._render_chat(messages)[0] + self._assistant_opener(messages)
 
     # -- tokenising --------------------------------------------------------------------------------------------
-    def encode(self, conv: Conversation) -> Encoded:
+    def encode(self, conv: Conversation, last_answer_only: bool = False) -> Encoded:
+        """Token ids and loss mask of `conv`; `last_answer_only` trains the final assistant turn alone (a preference
+        pair's answer: earlier turns belong to the prompt)."""
         text, spans = self.render(conv)
+        if last_answer_only:
+            spans = spans[-1:]
         enc = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
         offsets = enc.get("offset_mapping")
         if offsets is None:

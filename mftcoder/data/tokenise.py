@@ -14,7 +14,8 @@ from typing import Iterable, Iterator, NamedTuple, Optional
 
 import numpy as np
 
-from mftcoder.data.formats import DataFormatError, decode_line, iter_raw_lines, parse_line
+from mftcoder.data.formats import DataFormatError, decode_line, iter_raw_lines, load_json_line, parse_line
+from mftcoder.data.pairs import fit_pair, parse_pair
 from mftcoder.data.tasks import Task, split_of
 from mftcoder.data.template import ChatTemplate, TemplateError, get_template
 
@@ -33,22 +34,31 @@ class EncodeSettings:
     tokenize_mode: str  # "sft" | "pretrain"
     overlong_policy: str  # "truncate" | "drop"
     fractions: tuple[float, float, float]  # train, valid, test
+    pairs: bool = False  # preference objectives: every line is a (prompt, chosen, rejected) pair
 
     @classmethod
     def from_config(cls, cfg) -> "EncodeSettings":
         return cls(cfg.template, cfg.role_markers, cfg.seq_length, cfg.tokenize_mode, cfg.overlong_policy,
-                   cfg.split_fractions)
+                   cfg.split_fractions, cfg.is_preference)
 
 
 class LineResult(NamedTuple):
     """One line's outcome (a tuple: cheap to send back from a worker). `reason` explains rejected and dropped."""
     lineno: int
     status: str  # "ok" | "blank" | "rejected" | "dropped"
-    ids: Optional[np.ndarray] = None  # int32, ok only
-    mask: Optional[np.ndarray] = None  # uint8, ok only
+    samples: tuple = ()  # ok only: ((ids int32, mask uint8),): one sample, or a pair (chosen, rejected)
     split: Optional[str] = None  # "train" | "valid" | "test", ok only
     overlong: bool = False  # longer than seq_length+1 tokens before truncation (ok and dropped)
     reason: Optional[str] = None
+
+    @property
+    def ids(self) -> Optional[np.ndarray]:
+        """The (first) sample's token ids."""
+        return self.samples[0][0] if self.samples else None
+
+    @property
+    def mask(self) -> Optional[np.ndarray]:
+        return self.samples[0][1] if self.samples else None
 
 
 @dataclass
@@ -71,11 +81,10 @@ class LineEncoder:
             raw = decode_line(data, lineno, where)
             if not raw.strip():
                 return LineResult(lineno, "blank")
+            if self.settings.pairs:
+                return self._encode_pair(raw, lineno, where)
             conv = parse_line(raw, where, require_assistant_last=self.settings.tokenize_mode == "sft")
-            try:
-                enc = self.template.encode(conv)
-            except (TemplateError, JinjaTemplateError) as e:
-                raise DataFormatError(where, f"template {self.template.name!r} cannot render this line: {e}") from None
+            enc = self._render(conv, where)
         except DataFormatError as e:
             return LineResult(lineno, "rejected", reason=str(e))
         ids = np.asarray(enc.input_ids, dtype=np.int32)
@@ -92,7 +101,25 @@ class LineEncoder:
             # nothing left to learn from (e.g. the prompt alone fills seq_length): counted as dropped, never silent
             return LineResult(lineno, "dropped", overlong=overlong,
                               reason=f"{where}: no trained token within seq_length+1 = {self.max_len}")
-        return LineResult(lineno, "ok", ids, mask, split_of(raw, self.settings.fractions), overlong)
+        return LineResult(lineno, "ok", ((ids, mask),), split_of(raw, self.settings.fractions), overlong)
+
+    def _render(self, conv, where: str, last_answer_only: bool = False):
+        try:
+            return self.template.encode(conv, last_answer_only=last_answer_only)
+        except (TemplateError, JinjaTemplateError) as e:
+            raise DataFormatError(where, f"template {self.template.name!r} cannot render this line: {e}") from None
+
+    def _encode_pair(self, raw: str, lineno: int, where: str) -> LineResult:
+        """A preference line: chosen and rejected rendered after the same prompt, trained on the answer alone."""
+        pair = parse_pair(load_json_line(raw, where), where)
+        samples = []
+        for answer in (pair.chosen, pair.rejected):
+            enc = self._render(pair.conversation(answer), where, last_answer_only=True)
+            samples.append((np.asarray(enc.input_ids, dtype=np.int32), np.asarray(enc.loss_mask, dtype=np.uint8)))
+        fitted = fit_pair(samples[0], samples[1], self.max_len, self.settings.overlong_policy, where)
+        if fitted.status != "ok":
+            return LineResult(lineno, fitted.status, overlong=fitted.overlong, reason=fitted.reason)
+        return LineResult(lineno, "ok", fitted.samples, split_of(raw, self.settings.fractions), fitted.overlong)
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -115,7 +115,7 @@ def unwrap_causal_lm(model: nn.Module) -> nn.Module:
     return model
 
 
-def _model_inputs(batch: dict[str, Any]) -> dict[str, Any]:
+def model_inputs(batch: dict[str, Any]) -> dict[str, Any]:
     # attention_mask=None + use_cache=False: with restarting position_ids transformers builds a block-causal mask,
     # so packed samples stay isolated (an all-ones mask or use_cache=True silently breaks that).
     return dict(
@@ -145,7 +145,7 @@ def model_forward_losses(model: nn.Module, batch: dict[str, Any], chunked: bool 
     autocast context as the model (e.g. `accelerator.autocast()`); the recomputation in backward reuses it.
     """
     labels = batch["labels"]
-    inputs = _model_inputs(batch)
+    inputs = model_inputs(batch)
     if output_router_logits:
         inputs["output_router_logits"] = True
     if not chunked:

@@ -56,15 +56,31 @@ def quantization_config(cfg: TrainConfig, dtype: torch.dtype):
                               bnb_4bit_compute_dtype=dtype, bnb_4bit_quant_storage=dtype)
 
 
+MODEL_HEADS = ("causal_lm", "sequence_classification")
+
+
+def _from_pretrained(cfg: TrainConfig, head: str, pad_token_id: int | None, **kwargs):
+    """The base model with the objective's head: a causal LM, or a one-label sequence classifier (a reward model,
+    its scalar head newly initialised, reading the last token: pad_token_id tells transformers where that is)."""
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    if head == "causal_lm":
+        return AutoModelForCausalLM.from_pretrained(cfg.pretrained_model_path, **kwargs)
+    if head != "sequence_classification":
+        raise ValueError(f"unknown model head {head!r}; valid: {', '.join(MODEL_HEADS)}")
+    model = AutoModelForSequenceClassification.from_pretrained(cfg.pretrained_model_path, num_labels=1, **kwargs)
+    if model.config.pad_token_id is None:
+        model.config.pad_token_id = pad_token_id
+    return model
+
+
 def load_model(cfg: TrainConfig, *, mixed_precision: str = "no", device: torch.device | None = None,
-               sharded: bool = False):
+               sharded: bool = False, head: str = "causal_lm", pad_token_id: int | None = None):
     """Returns the (possibly PEFT-wrapped) model, ready for accelerator.prepare.
 
     Full fine-tuning keeps fp32 master weights (autocast handles bf16); LoRA/QLoRA bases are loaded in the compute
-    dtype since they are frozen.
+    dtype since they are frozen. `head`: "causal_lm", or "sequence_classification" for a reward model.
     """
-    from transformers import AutoModelForCausalLM
-
     attn = pick_attn_implementation(cfg.attn_implementation)
     dtype = compute_dtype(mixed_precision) if cfg.peft_type else torch.float32
     kwargs = dict(dtype=dtype, attn_implementation=attn, trust_remote_code=cfg.trust_remote_code)
@@ -73,7 +89,7 @@ def load_model(cfg: TrainConfig, *, mixed_precision: str = "no", device: torch.d
         if not sharded:
             kwargs["device_map"] = {"": str(device or ("cuda" if torch.cuda.is_available() else "cpu"))}
     log.info("loading %s (attention: %s, dtype: %s, peft: %s)", cfg.pretrained_model_path, attn, dtype, cfg.peft_type)
-    model = AutoModelForCausalLM.from_pretrained(cfg.pretrained_model_path, **kwargs)
+    model = _from_pretrained(cfg, head, pad_token_id, **kwargs)
     model.config.use_cache = False
 
     if cfg.peft_type == "qlora":
@@ -89,7 +105,8 @@ def load_model(cfg: TrainConfig, *, mixed_precision: str = "no", device: torch.d
     if cfg.peft_type:
         from peft import LoraConfig, get_peft_model
 
-        lora = LoraConfig(task_type="CAUSAL_LM", r=cfg.lora_rank, lora_alpha=cfg.lora_alpha,
+        task_type = "CAUSAL_LM" if head == "causal_lm" else "SEQ_CLS"  # SEQ_CLS trains and saves the new head too
+        lora = LoraConfig(task_type=task_type, r=cfg.lora_rank, lora_alpha=cfg.lora_alpha,
                           lora_dropout=cfg.lora_dropout, target_modules=cfg.target_modules or "all-linear",
                           modules_to_save=cfg.modules_to_save)
         try:

@@ -3,9 +3,12 @@ it by name here. See docs/objectives.md for how to add one."""
 from __future__ import annotations
 
 from mftcoder.objectives.base import EvalSums, MicroOutput, Objective, StepContext
+from mftcoder.objectives.preference import DPOObjective, ORPOObjective
+from mftcoder.objectives.reward import RewardObjective
 from mftcoder.objectives.sft import SFTObjective
 
-OBJECTIVES: dict[str, type[Objective]] = {"sft": SFTObjective}
+OBJECTIVES: dict[str, type[Objective]] = {"sft": SFTObjective, "dpo": DPOObjective, "orpo": ORPOObjective,
+                                          "reward": RewardObjective}
 
 
 def objective_class(name: str) -> type[Objective]:
@@ -19,9 +22,9 @@ def objective_class(name: str) -> type[Objective]:
             from None
 
 
-def make_objective(name: str, cfg, num_tasks: int, chunked: bool) -> Objective:
-    return objective_class(name)(cfg, num_tasks, chunked)
+def make_objective(name: str, cfg, num_tasks: int, chunked: bool, sharded: bool = False) -> Objective:
+    return objective_class(name)(cfg, num_tasks, chunked, sharded)
 
 
-__all__ = ["OBJECTIVES", "EvalSums", "MicroOutput", "Objective", "SFTObjective", "StepContext", "make_objective",
-           "objective_class"]
+__all__ = ["OBJECTIVES", "DPOObjective", "EvalSums", "MicroOutput", "ORPOObjective", "Objective", "RewardObjective",
+           "SFTObjective", "StepContext", "make_objective", "objective_class"]

@@ -38,6 +38,7 @@ class MicroOutput:
     task_loss_sum: Tensor          # [K] float64: summed per-unit losses of each task (divided by counts.task_tokens)
     aux_loss: Optional[Tensor] = None  # 0-d float64: this micro-batch's auxiliary loss (e.g. the MoE router's)
     tokens: int = 0                # real (non-padding) tokens, for throughput
+    metric_sums: Optional[Tensor] = None  # [M] float64: sums over this micro-batch's units of `step_metrics`
 
 
 @dataclass
@@ -47,6 +48,7 @@ class EvalSums:
 
     loss_sum: Tensor
     count: Tensor
+    metric_sums: Optional[Tensor] = None  # [M, K] float64: per-task sums of `step_metrics` over the same units
 
 
 class Objective(ABC):
@@ -58,13 +60,41 @@ class Objective(ABC):
     batch_keys: ClassVar[tuple[str, ...]]
     # the metrics record key of `MicroOutput.aux_loss` (mean over the step's micro-batches), None when there is none
     aux_metric: Optional[str] = None
+    # consecutive cached samples that form one item (2: a preference pair, chosen then rejected; see TrainBatches)
+    samples_per_item: ClassVar[int] = 1
+    # the model class to train: "causal_lm" (AutoModelForCausalLM) or "sequence_classification" (a scalar head)
+    model_head: ClassVar[str] = "causal_lm"
+    # per-unit means logged with each step (`MicroOutput.metric_sums` / the step's units) and, per task, with
+    # validation (as `task_<name>`)
+    step_metrics: ClassVar[tuple[str, ...]] = ()
 
-    def __init__(self, cfg, num_tasks: int, chunked: bool):
-        """`chunked`: whether the cross entropy may use the chunked lm_head projection on this backend."""
-        self.cfg, self.num_tasks, self.chunked = cfg, num_tasks, chunked
+    def __init__(self, cfg, num_tasks: int, chunked: bool, sharded: bool = False):
+        """`chunked`: whether the cross entropy may use the chunked lm_head projection on this backend; `sharded`:
+        whether the backend shards parameters (ZeRO-3, FSDP2)."""
+        self.cfg, self.num_tasks, self.chunked, self.sharded = cfg, num_tasks, chunked, sharded
 
     def attach_model(self, model: nn.Module) -> None:
         """See the loaded (unwrapped) model: e.g. find its MoE router loss, or keep a frozen reference copy."""
+
+    # --- per-sample values computed once before training (e.g. DPO's reference log-probs) --------------------------
+    def precompute_key(self) -> Optional[dict]:
+        """None, or what the precomputed values depend on (besides the tokenised data): the loop then calls
+        `precompute` on every item before the first step, keeps the values in the cache under this key and in every
+        checkpoint, and hands them to `use_precomputed`."""
+        return None
+
+    def precompute(self, model: nn.Module, batch: dict) -> Tensor:
+        """[S] float64 values of the batch's samples (under no_grad and autocast), stored by batch["cache_rows"]."""
+        raise NotImplementedError
+
+    def use_precomputed(self, values: Tensor) -> None:
+        """All samples' values ([rows of the cache] float64), before the first step."""
+
+    @property
+    def precompute_after_start(self) -> bool:
+        """Whether `precompute` still gives the same values once training has moved the model (a resume that finds
+        no saved values must know)."""
+        return True
 
     @abstractmethod
     def collate(self, rows: Sequence[Sequence[Any]], task_ids: Sequence[int], pad_id: int,

@@ -23,8 +23,8 @@ class SFTObjective(Objective):
     name = "sft"
     batch_keys = ("input_ids", "labels", "position_ids", "sample_ids", "sample_task_ids", "task_ids")
 
-    def __init__(self, cfg, num_tasks: int, chunked: bool):
-        super().__init__(cfg, num_tasks, chunked)
+    def __init__(self, cfg, num_tasks: int, chunked: bool, sharded: bool = False):
+        super().__init__(cfg, num_tasks, chunked, sharded)
         self.mode = cfg.weighted_loss_mode
         self.chunk_size = cfg.ce_chunk_size
         self.router = None

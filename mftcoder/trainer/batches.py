@@ -5,6 +5,8 @@ import math
 import random
 from typing import Callable
 
+import torch
+
 from mftcoder.config import TrainConfig
 from mftcoder.data.cache import TokenizedData
 from mftcoder.data.collator import collate
@@ -16,16 +18,27 @@ class TrainBatches:
     """The micro-batches of optimizer step N for one process: the same global batch whatever the geometry."""
 
     def __init__(self, data: TokenizedData, cfg: TrainConfig, rank: int, world_size: int, pad_id: int,
-                 collate_fn: Callable = collate):
-        """`collate_fn(rows, task_ids, pad_id, pad_to_multiple_of)` makes a micro-batch (the objective's `collate`)."""
+                 collate_fn: Callable = collate, samples_per_item: int = 1):
+        """`collate_fn(rows, task_ids, pad_id, pad_to_multiple_of)` makes a micro-batch (the objective's `collate`).
+        `samples_per_item`: consecutive samples that train together (2: a preference pair, chosen then rejected)."""
         self.data, self.cfg, self.rank, self.world, self.pad_id = data, cfg, rank, world_size, pad_id
-        self.collate_fn = collate_fn
-        self.units = [build_units(t.train.lengths, cfg.seq_length, cfg.padding_mode) for t in data.tasks]
+        self.collate_fn, self.group = collate_fn, samples_per_item
+        self.units = [self._build_units(t.train.lengths) for t in data.tasks]
         weights = [t.task.sampling_weight for t in data.tasks] if cfg.task_sampling == "explicit" else None
         self.global_batch_size = cfg.per_device_train_batch_size * cfg.gradient_accumulation_steps * world_size
         self.sampler = TaskBalancedSampler(
             [len(u) for u in self.units], self.global_batch_size, strategy=cfg.task_sampling,
             temperature=cfg.sampling_temperature, weights=weights, seed=cfg.seed, group_by_task=cfg.group_by_task)
+
+    def _build_units(self, lengths) -> list[list[int]]:
+        """Units of items. A group of g samples needs sum(n) - g positions; packed, it shares a row of g x seq_length
+        positions with others (a pair then takes what its two padded rows would)."""
+        g = self.group
+        items = [int(sum(lengths[g * i:g * i + g])) - (g - 1) for i in range(len(lengths) // g)]
+        return build_units(items, g * self.cfg.seq_length, self.cfg.padding_mode)
+
+    def item_samples(self, item: int) -> list[int]:
+        return list(range(self.group * item, self.group * item + self.group))
 
     def steps_per_epoch(self) -> int:
         return self.sampler.steps_per_epoch()
@@ -37,19 +50,31 @@ class TrainBatches:
         return [self.collate_units(mb, split="train") for mb in shards]
 
     def collate_units(self, units: list[tuple[int, int]], split: str) -> dict:
-        rows, task_ids = [], []
-        for task_id, unit in units:
+        """A micro-batch of units: train units are this run's rows (packed or not), validation units are items."""
+        return self._collate([(split, task_id, self.units[task_id][unit] if split == "train" else [unit])
+                              for task_id, unit in units])
+
+    def collate_items(self, items: list[tuple[str, tuple[int, int]]]) -> dict:
+        """A batch of (split, (task, item)), one item a unit, from any split."""
+        return self._collate([(split, task_id, [item]) for split, (task_id, item) in items])
+
+    def _collate(self, groups: list[tuple[str, int, list[int]]]) -> dict:
+        rows, task_ids, cache_rows = [], [], []
+        for split, task_id, items in groups:
             store = getattr(self.data.tasks[task_id], split)
-            index = self.units[task_id][unit] if split == "train" else [unit]
+            index = [s for item in items for s in self.item_samples(item)]
             rows.append([store[i] for i in index])
             task_ids.append(task_id)
+            cache_rows += [int(store.rows[i]) for i in index]
         multiple = None if self.cfg.use_dynamic_padding else self.cfg.seq_length
-        return self.collate_fn(rows, task_ids, self.pad_id, multiple)
+        batch = self.collate_fn(rows, task_ids, self.pad_id, multiple)
+        batch["cache_rows"] = torch.tensor(cache_rows, dtype=torch.long)  # [S]: each sample's row in the cache
+        return batch
 
 
-def eval_units(data: TokenizedData) -> list[tuple[int, int]]:
-    """Every validation sample once, one sample a row."""
-    return [(t, i) for t in range(len(data.tasks)) for i in range(len(data.tasks[t].valid))]
+def eval_units(data: TokenizedData, samples_per_item: int = 1) -> list[tuple[int, int]]:
+    """Every validation item (a sample, or a pair) once, one item a unit."""
+    return [(t, i) for t in range(len(data.tasks)) for i in range(len(data.tasks[t].valid) // samples_per_item)]
 
 
 def shard_eval(units: list, rank: int, world: int, batch_size: int) -> tuple[list[list], int]:

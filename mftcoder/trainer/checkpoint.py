@@ -9,6 +9,7 @@ import shutil
 from contextlib import contextmanager
 from typing import Optional
 
+import numpy as np
 import torch
 
 CKPT_RE = re.compile(r"^checkpoint-(\d+)$")
@@ -43,7 +44,8 @@ def resolve_resume(resume: Optional[str], output_dir: str, auto_resume: bool) ->
 
 
 def save_checkpoint(acc, output_dir: str, step: int, trainer_state: dict, scheduler, config_dict: dict,
-                    saving_limit: Optional[int]) -> str:
+                    saving_limit: Optional[int], arrays: Optional[dict] = None) -> str:
+    """`arrays`: {file name: numpy array} saved beside the state (e.g. precomputed reference log-probs)."""
     final = os.path.join(output_dir, f"checkpoint-{step}")
     tmp = os.path.join(output_dir, f".tmp-checkpoint-{step}")
     if acc.is_main_process:
@@ -58,6 +60,8 @@ def save_checkpoint(acc, output_dir: str, step: int, trainer_state: dict, schedu
         with open(os.path.join(tmp, "train_config.json"), "w") as f:
             json.dump(config_dict, f, indent=1)
         torch.save(trainer_state, os.path.join(tmp, "loop_state.pt"))
+        for name, array in (arrays or {}).items():
+            np.save(os.path.join(tmp, name), array)
         # the summary is written last: its presence marks a complete checkpoint
         with open(os.path.join(tmp, STATE_FILE), "w") as f:
             json.dump({"step": trainer_state["step"]}, f)

@@ -15,6 +15,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Optional
 
+import numpy as np
 import torch
 
 from mftcoder.config import ConfigError, TrainConfig, check_environment
@@ -33,6 +34,7 @@ from mftcoder.trainer.interrupt import StopSignals, exits_quietly_on_ctrl_c, sto
 from mftcoder.trainer.run_dir import owns_output_dir, staged_directory
 from mftcoder.trainer.metrics import MetricsLog
 from mftcoder.trainer.optim import check_scheduler, make_optimizer, make_scheduler
+from mftcoder.trainer.precompute import CHECKPOINT_FILE, prepare_precomputed
 from mftcoder.trainer.state import LoopState, StopReason
 from mftcoder.trainer.summary import last_valid, mean_task_weights, no_train_sample_message, summary_table
 
@@ -60,6 +62,7 @@ class Run:
     coba: Optional[CoBa] = None
     probe: Optional[ValidProbe] = None
     metrics: Optional[MetricsLog] = None
+    precomputed: Optional[np.ndarray] = None  # the objective's per-sample values, saved in every checkpoint
 
     @property
     def names(self) -> list[str]:
@@ -120,7 +123,8 @@ def setup(cfg: TrainConfig) -> tuple[Run, LoopState]:
     set_seed(cfg.seed)
     run = _setup_data(cfg, acc)
     run.model, attn = load_model(cfg, mixed_precision=acc.mixed_precision, device=acc.device,
-                                 sharded=backend.is_sharded(acc))
+                                 sharded=backend.is_sharded(acc), head=run.objective.model_head,
+                                 pad_token_id=run.tokenizer.pad_token_id)
     run.objective.attach_model(run.model)  # e.g. MoE models: the router load-balancing loss joins the step loss
     run.optimizer = make_optimizer(run.model, cfg)
     run.scheduler = make_scheduler(run.optimizer, cfg, run.total_steps)  # stepped by us once per optimizer step
@@ -136,6 +140,7 @@ def setup(cfg: TrainConfig) -> tuple[Run, LoopState]:
                      cfg.coba_update_interval) if cfg.weighted_loss_mode == "coba" else None)
     run.probe = ValidProbe(run.valid_units, cfg.seed)
     state = _restore(run)
+    run.precomputed = prepare_precomputed(run, state.step)  # e.g. DPO's reference log-probs, before the first step
     run.metrics = MetricsLog(cfg.output_dir, cfg.resolved_tb_dir, acc.is_main_process, resume_step=state.step)
     return run, state
 
@@ -151,10 +156,11 @@ def _setup_data(cfg: TrainConfig, acc) -> Run:
     empty = [t.task.name for t in data.tasks if len(t.train) == 0]
     if empty:  # a ConfigError so the CLI prints the message, not a traceback
         raise ConfigError(no_train_sample_message(empty, data.stats, cfg))
-    objective = make_objective("sft", cfg, len(data.tasks), chunked=backend.chunked_ce(acc, cfg))  # the only one yet
+    objective = make_objective(cfg.objective, cfg, len(data.tasks), chunked=backend.chunked_ce(acc, cfg),
+                               sharded=backend.is_sharded(acc))
     batches = TrainBatches(data, cfg, acc.process_index, acc.num_processes, tokenizer.pad_token_id,
-                           collate_fn=objective.collate)
-    valid_units = eval_units(data)
+                           collate_fn=objective.collate, samples_per_item=objective.samples_per_item)
+    valid_units = eval_units(data, objective.samples_per_item)
     if cfg.weighted_loss_mode == "coba" and not valid_units:
         raise ConfigError(f"weighted_loss_mode='coba' steers by validation loss, but data_split={cfg.data_split!r} "
                           "left no task a validation sample; give valid a larger share or add data")
@@ -198,9 +204,10 @@ def train_step(run: Run, state: LoopState) -> dict:
     lr = run.scheduler.get_last_lr()[0]
     run.scheduler.step()
     state.step += 1
-    totals = _all_reduce(run.acc, local)  # [step loss, K task loss sums, aux loss sum, tokens]
+    totals = _all_reduce(run.acc, local)  # [step loss, K task loss sums, aux loss sum, M metric sums, tokens]
     elapsed = time.perf_counter() - start
     K, task_tokens = run.num_tasks, counts.task_tokens.double().cpu()
+    units = float(counts.total_samples)
     record = {
         "step": state.step, "epoch": state.step / run.steps_per_epoch, "loss": float(totals[0]), "lr": lr,
         "grad_norm": grad_norm, "tokens": int(totals[-1]), "tokens_per_s": float(totals[-1]) / elapsed,
@@ -210,16 +217,19 @@ def train_step(run: Run, state: LoopState) -> dict:
     }
     if run.objective.aux_metric:  # added to `loss` in the gradient; logged on its own
         record[run.objective.aux_metric] = float(totals[1 + K]) / run.micro_batches_per_step
+    for m, name in enumerate(run.objective.step_metrics):  # means over the step's units (e.g. pairs)
+        record[name] = float(totals[2 + K + m]) / units if units else None
     return record
 
 
 def _forward_backward(run: Run, micro_batches: list[dict], ctx: StepContext) -> tuple[torch.Tensor, Optional[float]]:
     """This process's micro-batches through the objective, backward and the optimizer step. Returns this process's
-    [step loss share, K task loss sums, aux loss sum, tokens] (float64) and the gradient norm."""
+    [step loss share, K task loss sums, aux loss sum, M metric sums, tokens] (float64) and the gradient norm."""
     acc, model = run.acc, run.model
     step_loss = torch.zeros((), dtype=torch.float64)
     task_loss_sum = torch.zeros(run.num_tasks, dtype=torch.float64)
     aux_loss_sum = torch.zeros((), dtype=torch.float64)
+    metric_sums = torch.zeros(len(run.objective.step_metrics), dtype=torch.float64)
     tokens = 0
     grad_norm = None
     for mb in micro_batches:
@@ -235,6 +245,8 @@ def _forward_backward(run: Run, micro_batches: list[dict], ctx: StepContext) -> 
             task_loss_sum += out.task_loss_sum
             if out.aux_loss is not None:
                 aux_loss_sum += out.aux_loss
+            if out.metric_sums is not None:
+                metric_sums += out.metric_sums
             tokens += out.tokens
             if acc.sync_gradients:
                 grad_norm = backend.clip_and_norm(acc, model, run.cfg.max_grad_norm)
@@ -242,7 +254,7 @@ def _forward_backward(run: Run, micro_batches: list[dict], ctx: StepContext) -> 
             run.optimizer.zero_grad(set_to_none=True)
     if grad_norm is None:
         grad_norm = backend.deepspeed_grad_norm(acc, model)
-    return torch.cat([step_loss.view(1), task_loss_sum, aux_loss_sum.view(1),
+    return torch.cat([step_loss.view(1), task_loss_sum, aux_loss_sum.view(1), metric_sums,
                       torch.tensor([float(tokens)], dtype=torch.float64)]), grad_norm
 
 
@@ -277,8 +289,9 @@ def checkpoint(run: Run, state: LoopState) -> str:
     state.probe_position = run.probe.position
     state.sampler = run.batches.sampler.state_dict()
     state.data_digest = run.data.content_digest
+    arrays = {CHECKPOINT_FILE: run.precomputed} if run.precomputed is not None else None
     return save_checkpoint(run.acc, run.cfg.output_dir, state.step, {"step": state.step, "loop": state.to_dict()},
-                           run.scheduler, run.cfg.model_dump(mode="json"), run.cfg.saving_limit)
+                           run.scheduler, run.cfg.model_dump(mode="json"), run.cfg.saving_limit, arrays)
 
 
 def _save_for_resume(run: Run, state: LoopState, signum: int) -> None:
@@ -312,10 +325,13 @@ def first_evaluation(run: Run, state: LoopState) -> None:
 
 
 def evaluate(run: Run, step: int) -> dict:
-    """Per-task validation loss over the whole validation split, each sample exactly once; written to the metrics."""
-    task_loss = validate(run, run.valid_units)
+    """Per-task validation loss (and the objective's metrics) over the whole validation split, each item exactly once;
+    written to the metrics."""
+    task_loss, task_metrics = validate(run, run.valid_units)
     record = {"step": step, "split": "valid", "task_loss": dict(zip(run.names, task_loss)),
               "loss": _mean([v for v in task_loss if v is not None])}
+    for name, values in task_metrics.items():
+        record[f"task_{name}"] = dict(zip(run.names, values))
     run.metrics.write(record)
     return record
 
@@ -324,20 +340,23 @@ def probe_valid(run: Run) -> tuple[torch.Tensor, torch.Tensor]:
     """CoBa's signal: a few validation batches (the same ones on every process count), per-task losses and presence."""
     cfg = run.cfg
     units = run.probe.next_units(cfg.per_device_eval_batch_size * cfg.coba_sample_valid_num * run.acc.num_processes)
-    losses = validate(run, units)
+    losses, _ = validate(run, units)
     present = torch.tensor([v is not None for v in losses])
     return torch.tensor([v if v is not None else 0.0 for v in losses], dtype=torch.float64), present
 
 
 @torch.no_grad()
-def validate(run: Run, units: list) -> list[Optional[float]]:
-    """The objective's per-task validation loss over `units`, sharded over the processes (None: a task without one)."""
+def validate(run: Run, units: list) -> tuple[list[Optional[float]], dict[str, list[Optional[float]]]]:
+    """The objective's per-task validation loss over `units`, sharded over the processes (None: a task without one),
+    and the per-task means of its `step_metrics`."""
     acc, model, K = run.acc, run.model, run.num_tasks
+    names = run.objective.step_metrics
     my_batches, n_batches = shard_eval(units, acc.process_index, acc.num_processes, run.cfg.per_device_eval_batch_size)
     was_training = model.training
     model.eval()
     loss_sum = torch.zeros(K, dtype=torch.float64)
     count = torch.zeros(K, dtype=torch.float64)
+    metric_sums = torch.zeros(len(names), K, dtype=torch.float64)
     for i in range(n_batches):
         real = i < len(my_batches) and len(my_batches[i]) > 0  # shard_eval gives [] to a rank without data
         batch_units = my_batches[i] if real else [units[0]]  # a dummy forward keeps sharded ranks in step
@@ -348,11 +367,14 @@ def validate(run: Run, units: list) -> list[Optional[float]]:
             sums = run.objective.eval_sums(fwd, mb)
             loss_sum += sums.loss_sum
             count += sums.count
+            if sums.metric_sums is not None:
+                metric_sums += sums.metric_sums
     if was_training:
         model.train()
-    totals = _all_reduce(acc, torch.cat([loss_sum, count]))
-    loss_sum, count = totals[:K], totals[K:]
-    return [float(loss_sum[k] / count[k]) if count[k] > 0 else None for k in range(K)]
+    totals = _all_reduce(acc, torch.cat([loss_sum, count, metric_sums.reshape(-1)]))
+    loss_sum, count, metric_sums = totals[:K], totals[K:2 * K], totals[2 * K:].view(len(names), K)
+    mean = lambda sums: [float(sums[k] / count[k]) if count[k] > 0 else None for k in range(K)]  # noqa: E731
+    return mean(loss_sum), {name: mean(metric_sums[m]) for m, name in enumerate(names)}
 
 
 # --- the end ----------------------------------------------------------------------------------------------------------
