@@ -290,6 +290,9 @@ def stats_table(stats: dict) -> str:
     widths = [max(len(r[i]) for r in table) for i in range(len(cols))]
     fmt = lambda r: "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))  # noqa: E731
     lines = [fmt(cols), "-" * (sum(widths) + 2 * (len(cols) - 1))] + [fmt(r) for r in rows] + [fmt(totals)]
+    if any(s.get("unit") == "pair" for s in stats["tasks"].values()):
+        lines.append("(preference data: train / valid / test / truncated / dropped count pairs; tokens count both "
+                     "answers)")
     return "\n".join(lines)
 
 
