@@ -289,9 +289,10 @@ class TrainConfig(BaseModel):
                          "remove them or choose one of those modes")
 
     def _check_objective_keys(self) -> None:
-        # a key of another objective would be ignored without a word: name it instead
+        # a key of another objective would be ignored without a word: name it instead (at its default value it changes
+        # nothing, and a saved config, which lists every key, must load again)
         for key, objectives in OBJECTIVE_KEYS.items():
-            if key in self.model_fields_set and self.objective not in objectives:
+            if getattr(self, key) != type(self).model_fields[key].default and self.objective not in objectives:
                 raise ValueError(f"{key} applies only to objective {' / '.join(map(repr, objectives))}, not "
                                  f"{self.objective!r}; remove it or set objective accordingly")
         if self.objective != "sft" and self.tokenize_mode != "sft":

@@ -310,6 +310,14 @@ def test_keys_of_another_objective_are_refused_by_name(tiny_model_dir, tmp_path,
         make_cfg(tiny_model_dir, [str(tmp_path)], tmp_path / "o", **over)
 
 
+def test_a_saved_config_with_every_key_at_its_default_loads_again(tiny_model_dir, tmp_path):
+    from mftcoder.config import parse_config
+
+    for objective in ("sft", "orpo", "reward"):
+        cfg = make_cfg(tiny_model_dir, [str(tmp_path)], tmp_path / "o", objective=objective)
+        assert parse_config(cfg.model_dump(mode="json")) == cfg  # a checkpoint's train_config.json
+
+
 def test_a_reference_that_cannot_be_sharded_is_refused_with_the_fix(tiny_model_dir, tmp_path):
     cfg = make_cfg(tiny_model_dir, [str(tmp_path)], tmp_path / "o", objective="dpo")
     assert reference_source(cfg, sharded=False) == "copy"
