@@ -3,7 +3,7 @@ and a SIGKILLed run resumes exactly, reference log-probs included.
 
 Invariance: two tasks of pairs (different sizes and lengths), case3 weighting with task weights 1 and 3, a global
 batch of 8 pairs per step in every run: one process with micro 8 x accumulation 1 (the reference), one process with
-micro 2 x accumulation 4, and 2 processes x micro 1 x accumulation 4 through the shipped launchers (DDP, DeepSpeed
+micro 2 x accumulation 4, and 2 processes x micro 1 x accumulation 4 through the shipped launchers (DDP, FSDP2, DeepSpeed
 ZeRO-3). LoRA (the reference is the base with the adapter disabled) under all of them; full fine-tuning with
 `precompute_reference` (the sharded reference pass of trainer/precompute.py) under ZeRO-3. The tolerances are
 test_distributed.py's (fp32, the runs differ only in summation order), plus the DPO step metrics: the mean log-probs
@@ -78,7 +78,7 @@ def ws(tmp_path_factory, tiny_model_dir):
 
 # kind -> (micro batch, accumulation, launcher or None); every kind has a global batch of 8 pairs
 GEOMETRY = {"single-8x1": (8, 1, None), "single-2x4": (2, 4, None),
-            "ddp": (1, 4, "ddp.sh"), "ds_zero3": (1, 4, "ds_zero3.sh")}
+            "ddp": (1, 4, "ddp.sh"), "ds_zero3": (1, 4, "ds_zero3.sh"), "fsdp2": (1, 4, "fsdp.sh")}
 MODES = {"lora": LORA, "full-precomputed": {**FULL_PRECOMPUTED, "checkpointing_steps": 2}}
 
 
@@ -137,7 +137,7 @@ def _dpo_trained(records: list[dict]) -> None:
 
 # ---- invariance ------------------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("kind", ["single-2x4", "ddp", "ds_zero3"])
+@pytest.mark.parametrize("kind", ["single-2x4", "ddp", "ds_zero3", "fsdp2"])
 def test_lora_dpo_global_batch_geometry_changes_nothing(runs, ws, kind):
     ref, got = read_metrics(runs("single-8x1", "lora")), read_metrics(runs(kind, "lora"))
     _dpo_trained(ref)
