@@ -7,7 +7,8 @@ Loading is strict (see `mftcoder.model.adapters`): renamed keys from distributed
 unsaved ZeRO-3 shard, a missing LoRA weight or an unused tensor is an error, and an adapter on a base it was
 not trained on (other architecture, layer count or vocabulary; the recorded base's config differs) is refused
 unless `--force`. A QLoRA adapter merges into the unquantized base (load the original base model directory,
-not a 4-bit one).
+not a 4-bit one). The adapter's `task_type` picks the model class: a reward model's adapter (`SEQ_CLS`, saved with
+its scalar head) merges into a one-label sequence classifier, every other one into a causal LM.
 """
 from __future__ import annotations
 
@@ -28,14 +29,25 @@ mftcoder merge --base ~/.cache/mftcoder/smollm2-135m-instruct --adapter runs/dem
 """
 
 
+def _load_base(base: str, task_type: str | None, dtype, pad_token_id: int | None):
+    """The base with the head the adapter was trained on: a one-label sequence classifier (a reward model, whose
+    trained head the adapter carries) for SEQ_CLS, else a causal LM."""
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    if task_type != "SEQ_CLS":
+        return AutoModelForCausalLM.from_pretrained(base, dtype=dtype)
+    model = AutoModelForSequenceClassification.from_pretrained(base, num_labels=1, dtype=dtype)
+    if model.config.pad_token_id is None:  # where the classifier finds a sequence's last token, as in training
+        model.config.pad_token_id = pad_token_id
+    return model
+
+
 def merge_adapter(base: str, adapter: str, output: str, dtype: str = "auto", overwrite: bool = False,
                   force: bool = False) -> str:
     """Merge `adapter` into `base` in `dtype` (auto: the base's saved dtype) and save to `output`; returns it.
     An adapter trained on another base is refused unless `force`.
 
     Written to a temporary directory beside `output` and renamed when complete."""
-    from transformers import AutoModelForCausalLM
-
     config = load_config(base)
     adapter_dir = find_adapter_dir(adapter)
     output = os.path.abspath(output)
@@ -46,7 +58,8 @@ def merge_adapter(base: str, adapter: str, output: str, dtype: str = "auto", ove
                          "was trained on a 4-bit view of it and merges into its full-precision weights)")
     torch_dtype = resolve_dtype(dtype, getattr(config, "dtype", None))
     tokenizer = load_tokenizer(base, adapter=adapter_dir, require_fast=False)
-    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch_dtype)
+    task_type = read_adapter_config(adapter_dir).get("task_type")
+    model = _load_base(base, task_type, torch_dtype, tokenizer.pad_token_id)
     merged = merge_adapter_into(model, base, adapter_dir, tokenizer, force)
     leftovers = [n for n, _ in merged.named_modules() if "lora_" in n]
     if leftovers:

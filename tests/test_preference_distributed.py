@@ -144,7 +144,7 @@ def test_lora_dpo_global_batch_geometry_changes_nothing(runs, ws, kind):
     assert_same_dpo_metrics(ref, got, label=f"{kind}-lora")
     if kind != "single-2x4":
         log = (ws["root"] / f"{kind}-lora.log").read_text(errors="replace")
-        assert "global batch 8 rows = 1 micro x 4 accumulation x 2 processes" in log
+        assert "global batch 8 pairs = 1 micro x 4 accumulation x 2 processes" in log
 
 
 def test_full_dpo_precomputed_reference_under_zero3(runs):

@@ -177,6 +177,9 @@ def apply_adapter(model, adapter: str, weights: dict | None = None):
         result = set_peft_model_state_dict(peft_model, weights)
     except RuntimeError as e:  # size mismatches: wrong base model or rank
         raise AdapterMismatchError(f"adapter {adapter_dir} does not fit this base model: {e}") from None
+    except KeyError as e:  # peft looks up each modules_to_save tensor (e.g. a reward model's head) unchecked
+        raise AdapterMismatchError(f"adapter {adapter_dir} does not match the base model: the fully trained weight "
+                                   f"{e.args[0]!r} (modules_to_save) is missing from the file") from None
     missing = sorted(k for k in result.missing_keys if k in expected)
     if result.unexpected_keys or missing:
         detail = []

@@ -130,9 +130,10 @@ def setup(cfg: TrainConfig) -> tuple[Run, LoopState]:
     run.scheduler = make_scheduler(run.optimizer, cfg, run.total_steps)  # stepped by us once per optimizer step
     run.model, run.optimizer = backend.prepare(acc, run.model, run.optimizer)  # FSDP2 wrap class from the model
     if acc.is_main_process:
-        log.info("attention: %s | backend: %s x%d | objective: %s | tasks: %s | global batch %d rows = %d micro x %d "
+        units = "pairs" if run.objective.samples_per_item == 2 and cfg.padding_mode == "padding" else "rows"
+        log.info("attention: %s | backend: %s x%d | objective: %s | tasks: %s | global batch %d %s = %d micro x %d "
                  "accumulation x %d processes | %d steps (%d per epoch)", attn, acc.distributed_type,
-                 acc.num_processes, run.objective.describe(), run.names, run.batches.global_batch_size,
+                 acc.num_processes, run.objective.describe(), run.names, run.batches.global_batch_size, units,
                  cfg.per_device_train_batch_size, cfg.gradient_accumulation_steps, acc.num_processes,
                  run.total_steps, run.steps_per_epoch)
     run.task_weights = torch.tensor([t.task.loss_weight for t in run.data.tasks], dtype=torch.float64)
