@@ -27,10 +27,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from test_distributed import LOSS_TOL, launch, read_metrics, single, write_task
-from test_distributed import assert_same_metrics as assert_same_losses
-from test_resume import _same_weights, kill_at_random_step, resume_to_end
-from test_resume import assert_same_metrics as assert_same_records
+from kill_helpers import _same_weights, kill_at_random_step, resume_to_end
+from kill_helpers import assert_same_metrics as assert_same_records
+from launch_helpers import LOSS_TOL, launch, read_metrics, single, write_task
+from launch_helpers import assert_same_metrics as assert_same_losses
 
 pytestmark = pytest.mark.slow
 
