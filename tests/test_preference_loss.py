@@ -318,6 +318,18 @@ def test_a_saved_config_with_every_key_at_its_default_loads_again(tiny_model_dir
         assert parse_config(cfg.model_dump(mode="json")) == cfg  # a checkpoint's train_config.json
 
 
+def test_a_missing_reference_model_is_refused_before_anything_loads(tiny_model_dir, tmp_path):
+    from mftcoder.config import check_environment
+
+    cfg = make_cfg(tiny_model_dir, [str(tmp_path)], tmp_path / "o", objective="dpo",
+                   reference_model_path=str(tmp_path / "nowhere"))
+    with pytest.raises(ConfigError, match=r"^reference_model_path: '.*nowhere' is not a directory"):
+        check_environment(cfg)
+    cfg.reference_model_path = "builtin:llama"
+    with pytest.raises(ConfigError, match="reference_model_path: 'builtin:llama' is not a built-in model"):
+        check_environment(cfg)
+
+
 def test_a_reference_that_cannot_be_sharded_is_refused_with_the_fix(tiny_model_dir, tmp_path):
     cfg = make_cfg(tiny_model_dir, [str(tmp_path)], tmp_path / "o", objective="dpo")
     assert reference_source(cfg, sharded=False) == "copy"
