@@ -2101,9 +2101,9 @@ def generate() -> dict[str, list[dict]]:
     return files
 
 
-def write(files: dict[str, list[dict]], out: Path) -> None:
+def write(files: dict[str, list[dict]], out: Path, task_dirs: tuple[str, ...] = TASK_DIRS) -> None:
     # Remove the jsonl files of our own task folders first, so a renamed file never lingers.
-    for task in TASK_DIRS:
+    for task in task_dirs:
         for old in sorted((out / task).rglob("*.jsonl")) if (out / task).is_dir() else []:
             old.unlink()
     for rel, records in files.items():
@@ -2114,21 +2114,29 @@ def write(files: dict[str, list[dict]], out: Path) -> None:
                 f.write(json.dumps(record, ensure_ascii=False) + "\n")
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "data",
-                        help="output folder (default: examples/data next to this script)")
+def run_generator(argv: list[str] | None, *, doc: str, default_out: Path, generate: Callable[[], dict],
+                  task_dirs: tuple[str, ...], prog: str, what: str) -> int:
+    """The command line shared by the example generators: --out, generate, write, one line per file."""
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, default=default_out,
+                        help=f"output folder (default: examples/{default_out.name} next to this script)")
     args = parser.parse_args(argv)
     try:
         files = generate()
     except GenerationError as e:
-        print(f"make_examples: {e}", file=sys.stderr)
+        print(f"{prog}: {e}", file=sys.stderr)
         return 1
-    write(files, args.out)
+    write(files, args.out, task_dirs)
     for rel, records in files.items():
         print(f"{len(records):5d}  {args.out / rel}")
-    print(f"{sum(len(r) for r in files.values()):5d}  samples from {len(LIBRARY)} library functions")
+    print(f"{sum(len(r) for r in files.values()):5d}  {what}")
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_generator(argv, doc=__doc__, default_out=Path(__file__).resolve().parent / "data", generate=generate,
+                         task_dirs=TASK_DIRS, prog="make_examples",
+                         what=f"samples from {len(LIBRARY)} library functions")
 
 
 if __name__ == "__main__":

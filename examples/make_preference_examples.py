@@ -22,7 +22,6 @@ rejected answer behaved as its task requires (failing at least one case, or pass
 """
 from __future__ import annotations
 
-import argparse
 import copy
 import importlib.util
 import json
@@ -920,34 +919,9 @@ def generate() -> dict[str, list[dict]]:
     return files
 
 
-def write(files: dict[str, list[dict]], out: Path) -> None:
-    # Remove the jsonl files of our own task folders first, so a renamed file never lingers.
-    for task in TASK_DIRS:
-        for old in sorted((out / task).rglob("*.jsonl")) if (out / task).is_dir() else []:
-            old.unlink()
-    for rel, records in files.items():
-        path = out / rel
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "w", encoding="utf-8", newline="\n") as f:
-            for record in records:
-                f.write(json.dumps(record, ensure_ascii=False) + "\n")
-
-
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", type=Path, default=HERE / "data_preference",
-                        help="output folder (default: examples/data_preference next to this script)")
-    args = parser.parse_args(argv)
-    try:
-        files = generate()
-    except GenerationError as e:
-        print(f"make_preference_examples: {e}", file=sys.stderr)
-        return 1
-    write(files, args.out)
-    for rel, records in files.items():
-        print(f"{len(records):5d}  {args.out / rel}")
-    print(f"{sum(len(r) for r in files.values()):5d}  preference pairs")
-    return 0
+    return ex.run_generator(argv, doc=__doc__, default_out=HERE / "data_preference", generate=generate,
+                            task_dirs=TASK_DIRS, prog="make_preference_examples", what="preference pairs")
 
 
 if __name__ == "__main__":

@@ -9,13 +9,12 @@ import subprocess
 import sys
 import xml.etree.ElementTree as ET
 from collections import Counter
-from pathlib import Path
 
 import pytest
+from example_helpers import EXAMPLES, assert_regenerates, load_script
 
-ROOT = Path(__file__).resolve().parents[1]
-SCRIPT = ROOT / "examples" / "make_examples.py"
-DATA = ROOT / "examples" / "data"
+SCRIPT = EXAMPLES / "make_examples.py"
+DATA = EXAMPLES / "data"
 
 # Pinned layout: unequal task sizes (so task balancing matters), two files in one task, a nested folder in another.
 EXPECTED_FILES = {
@@ -50,28 +49,13 @@ def blocks(text: str) -> list[str]:
 
 
 def load_generator():
-    spec = importlib.util.spec_from_file_location("make_examples_under_test", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while the file executes
-    try:
-        spec.loader.exec_module(module)
-    finally:
-        del sys.modules[spec.name]
-    return module
+    return load_script(SCRIPT, "make_examples_under_test")
 
 
 # --- reproducibility ---------------------------------------------------------------------------------------------
 
 def test_generator_rewrites_the_committed_files_byte_for_byte(tmp_path):
-    env = {**os.environ, "PYTHONHASHSEED": "12345"}  # set iteration order must not leak into the output
-    result = subprocess.run([sys.executable, str(SCRIPT), "--out", str(tmp_path)], env=env, capture_output=True,
-                            text=True, timeout=120)
-    assert result.returncode == 0, result.stderr
-    committed = sorted(p.relative_to(DATA).as_posix() for p in DATA.rglob("*") if p.is_file())
-    generated = sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*") if p.is_file())
-    assert generated == committed == sorted(EXPECTED_FILES)
-    for rel in committed:
-        assert (tmp_path / rel).read_bytes() == (DATA / rel).read_bytes(), f"{rel} differs from a fresh generation"
+    assert_regenerates(SCRIPT, DATA, EXPECTED_FILES, tmp_path, hash_seed="12345")
 
 
 def test_generator_replaces_stale_files_in_its_task_folders(tmp_path):

@@ -3,19 +3,14 @@ its code really behaves as the pair says (chosen passes; rejected fails, or pass
 from __future__ import annotations
 
 import copy
-import importlib.util
 import json
-import os
 import re
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
+from example_helpers import EXAMPLES, assert_regenerates, load_script
 
-ROOT = Path(__file__).resolve().parents[1]
-SCRIPT = ROOT / "examples" / "make_preference_examples.py"
-DATA = ROOT / "examples" / "data_preference"
+SCRIPT = EXAMPLES / "make_preference_examples.py"
+DATA = EXAMPLES / "data_preference"
 
 EXPECTED_FILES = {
     "passing_vs_failing/pairs.jsonl": 200,
@@ -37,21 +32,10 @@ def rows(rel: str) -> list[tuple[str, dict]]:
         return [(f"{rel}:{n}", json.loads(line)) for n, line in enumerate(f, start=1)]
 
 
-def load_module(path: Path, name: str):
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while the file executes
-    try:
-        spec.loader.exec_module(module)
-    finally:
-        del sys.modules[spec.name]
-    return module
-
-
 @pytest.fixture(scope="module")
 def library() -> dict:
     """Every accepted function name of the SFT generator's library -> its Fn (cases and documented errors)."""
-    gen = load_module(ROOT / "examples" / "make_examples.py", "make_examples_for_preference_test")
+    gen = load_script(EXAMPLES / "make_examples.py", "make_examples_for_preference_test")
     by_name = {}
     for fn_ in gen.LIBRARY:
         for name in fn_.names:
@@ -103,15 +87,7 @@ def pair_of(rel: str, where: str, record: dict) -> tuple[list[str], str, str, bo
 
 
 def test_generator_rewrites_the_committed_files_byte_for_byte(tmp_path):
-    env = {**os.environ, "PYTHONHASHSEED": "4321"}  # set iteration order must not leak into the output
-    result = subprocess.run([sys.executable, str(SCRIPT), "--out", str(tmp_path)], env=env, capture_output=True,
-                            text=True, timeout=120)
-    assert result.returncode == 0, result.stderr
-    committed = sorted(p.relative_to(DATA).as_posix() for p in DATA.rglob("*") if p.is_file())
-    generated = sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*") if p.is_file())
-    assert generated == committed == sorted(EXPECTED_FILES)
-    for rel in committed:
-        assert (tmp_path / rel).read_bytes() == (DATA / rel).read_bytes(), f"{rel} differs from a fresh generation"
+    assert_regenerates(SCRIPT, DATA, EXPECTED_FILES, tmp_path, hash_seed="4321")
 
 
 @pytest.mark.parametrize("rel", sorted(EXPECTED_FILES))
@@ -191,7 +167,7 @@ def test_idiomatic_vs_not_both_pass(library):
 # --- the generator refuses pairs that do not say what they claim -------------------------------------------------
 
 def test_generator_refuses_a_rejected_answer_that_passes_and_a_chosen_one_that_fails():
-    gen = load_module(SCRIPT, "make_preference_examples_under_test")
+    gen = load_script(SCRIPT, "make_preference_examples_under_test")
     fn_ = next(f for f in gen.ex.LIBRARY if f.name == "factorial")
     variant = gen.ex.Variant(fn_, "factorial", ("n",), typed=False, doc_style="none", body_index=0)
     with pytest.raises(gen.GenerationError, match="rejected version of factorial passes every case"):
