@@ -330,6 +330,18 @@ def test_a_missing_reference_model_is_refused_before_anything_loads(tiny_model_d
         check_environment(cfg)
 
 
+def test_a_reward_model_on_an_architecture_without_a_scalar_head_is_refused(tiny_model_dir, tmp_path):
+    from transformers import CodeGenConfig, CodeGenForCausalLM
+
+    from mftcoder.model.load import load_model
+
+    CodeGenForCausalLM(CodeGenConfig(n_layer=1, n_embd=32, n_head=2, vocab_size=64, n_positions=64, rotary_dim=8,
+                                     bos_token_id=0, eos_token_id=0)).save_pretrained(str(tmp_path / "codegen"))
+    cfg = make_cfg(str(tmp_path / "codegen"), [str(tmp_path)], tmp_path / "o", objective="reward")
+    with pytest.raises(ConfigError, match="objective 'reward' needs a sequence-classification class"):
+        load_model(cfg, head="sequence_classification")
+
+
 def test_a_reference_that_cannot_be_sharded_is_refused_with_the_fix(tiny_model_dir, tmp_path):
     cfg = make_cfg(tiny_model_dir, [str(tmp_path)], tmp_path / "o", objective="dpo")
     assert reference_source(cfg, sharded=False) == "copy"

@@ -68,7 +68,14 @@ def _from_pretrained(cfg: TrainConfig, head: str, pad_token_id: int | None, **kw
         return AutoModelForCausalLM.from_pretrained(cfg.pretrained_model_path, **kwargs)
     if head != "sequence_classification":
         raise ValueError(f"unknown model head {head!r}; valid: {', '.join(MODEL_HEADS)}")
-    model = AutoModelForSequenceClassification.from_pretrained(cfg.pretrained_model_path, num_labels=1, **kwargs)
+    try:
+        model = AutoModelForSequenceClassification.from_pretrained(cfg.pretrained_model_path, num_labels=1, **kwargs)
+    except ValueError as e:
+        if "Unrecognized configuration class" not in str(e):
+            raise
+        raise ConfigError(f"objective 'reward' needs a sequence-classification class for the model in "
+                          f"{cfg.pretrained_model_path!r}, and transformers has none for its architecture; use a "
+                          "model family with one (Llama, Qwen2, Mistral, ...)") from None
     if model.config.pad_token_id is None:
         model.config.pad_token_id = pad_token_id
     return model
