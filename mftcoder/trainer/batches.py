@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import math
 import random
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
 
@@ -84,6 +84,20 @@ def shard_eval(units: list, rank: int, world: int, batch_size: int) -> tuple[lis
     per_rank = math.ceil(len(units) / world) if units else 0
     n_batches = math.ceil(per_rank / batch_size) if per_rank else 0
     return [mine[i * batch_size:(i + 1) * batch_size] for i in range(n_batches)], n_batches
+
+
+def sharded_batches(units: list, rank: int, world: int, batch_size: int, collate: Callable, device) -> Iterator:
+    """(batch on `device`, real) for this rank's batches of `units`. Ranks with fewer real batches get dummy ones (the
+    first unit again, real=False), so every rank runs the same number of forwards: sharded models gather parameters
+    inside forward and would wait forever on a rank that stopped."""
+    mine, n_batches = shard_eval(units, rank, world, batch_size)
+    for i in range(n_batches):
+        real = i < len(mine) and len(mine[i]) > 0  # shard_eval gives [] to a rank without data
+        yield to_device(collate(mine[i] if real else [units[0]]), device), real
+
+
+def to_device(batch: dict, device) -> dict:
+    return {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
 
 
 class ValidProbe:

@@ -28,7 +28,7 @@ from mftcoder.model.load import load_model
 from mftcoder.model.tokenizer import load_tokenizer
 from mftcoder.objectives import Objective, StepContext, make_objective
 from mftcoder.trainer import backend
-from mftcoder.trainer.batches import TrainBatches, ValidProbe, eval_units, shard_eval
+from mftcoder.trainer.batches import TrainBatches, ValidProbe, eval_units, sharded_batches, to_device
 from mftcoder.trainer.checkpoint import load_checkpoint, read_loop_state, resolve_resume, save_checkpoint
 from mftcoder.trainer.interrupt import StopSignals, exits_quietly_on_ctrl_c, stop_for_signal
 from mftcoder.trainer.run_dir import owns_output_dir, staged_directory
@@ -234,7 +234,7 @@ def _forward_backward(run: Run, micro_batches: list[dict], ctx: StepContext) -> 
     tokens = 0
     grad_norm = None
     for mb in micro_batches:
-        mb = _to_device(mb, acc.device)
+        mb = to_device(mb, acc.device)
         with acc.accumulate(model):
             with acc.autocast():  # the chunked lm_head projection runs after the model's own (autocast) forward
                 fwd = run.objective.forward(model, mb, training=True)
@@ -352,16 +352,13 @@ def validate(run: Run, units: list) -> tuple[list[Optional[float]], dict[str, li
     and the per-task means of its `step_metrics`."""
     acc, model, K = run.acc, run.model, run.num_tasks
     names = run.objective.step_metrics
-    my_batches, n_batches = shard_eval(units, acc.process_index, acc.num_processes, run.cfg.per_device_eval_batch_size)
     was_training = model.training
     model.eval()
     loss_sum = torch.zeros(K, dtype=torch.float64)
     count = torch.zeros(K, dtype=torch.float64)
     metric_sums = torch.zeros(len(names), K, dtype=torch.float64)
-    for i in range(n_batches):
-        real = i < len(my_batches) and len(my_batches[i]) > 0  # shard_eval gives [] to a rank without data
-        batch_units = my_batches[i] if real else [units[0]]  # a dummy forward keeps sharded ranks in step
-        mb = _to_device(run.batches.collate_units(batch_units, "valid"), acc.device)
+    for mb, real in sharded_batches(units, acc.process_index, acc.num_processes, run.cfg.per_device_eval_batch_size,
+                                    lambda batch_units: run.batches.collate_units(batch_units, "valid"), acc.device):
         with acc.autocast():
             fwd = run.objective.forward(model, mb, training=False)
         if real:
@@ -399,10 +396,6 @@ def finish(run: Run, state: LoopState) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-
-
-def _to_device(batch: dict, device) -> dict:
-    return {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
 
 
 def _check_resume_matches(path: str, batches: TrainBatches, data_digest: str, total_steps: int) -> None:

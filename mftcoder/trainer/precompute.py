@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from mftcoder.config import ConfigError
-from mftcoder.trainer.batches import shard_eval
+from mftcoder.trainer.batches import sharded_batches
 
 log = logging.getLogger("mftcoder")
 
@@ -68,17 +68,13 @@ def compute_all(run) -> np.ndarray:
     """Every item once, sharded over processes (the same number of forwards on every rank), summed across them."""
     acc, model, cfg = run.acc, run.model, run.cfg
     items = all_items(run)
-    my_batches, n_batches = shard_eval(items, acc.process_index, acc.num_processes, cfg.per_device_eval_batch_size)
     values = torch.zeros(run.data.num_rows, dtype=torch.float64)
     was_training = model.training
     model.eval()
     if acc.is_main_process:
-        log.info("precomputing %s for %d items (%d batches per process)", run.objective.name, len(items), n_batches)
-    for i in range(n_batches):
-        real = i < len(my_batches) and len(my_batches[i]) > 0
-        batch_items = my_batches[i] if real else [items[0]]  # a dummy forward keeps sharded ranks in step
-        batch = {k: v.to(acc.device) if torch.is_tensor(v) else v
-                 for k, v in run.batches.collate_items(batch_items).items()}
+        log.info("precomputing %s for %d items", run.objective.name, len(items))
+    for batch, real in sharded_batches(items, acc.process_index, acc.num_processes, cfg.per_device_eval_batch_size,
+                                       run.batches.collate_items, acc.device):
         with acc.autocast():
             out = run.objective.precompute(model, batch).double().cpu()
         if real:
