@@ -11,6 +11,7 @@ log-prob). Rewards (logged): DPO beta * (logp - ref); ORPO lambda * mean token l
 """
 from __future__ import annotations
 
+import contextlib
 from typing import NamedTuple, Optional
 
 import torch
@@ -19,8 +20,7 @@ from torch import Tensor, nn
 
 from mftcoder.loss.cross_entropy import model_forward_losses, unwrap_causal_lm
 from mftcoder.objectives.pairs import PairLosses, PairObjective, chosen_rejected, reward_metrics, sample_sums
-from mftcoder.objectives.reference import (adapter_disabled, load_frozen_copy, model_digest, no_context,
-                                           reference_source)
+from mftcoder.objectives.reference import adapter_disabled, load_frozen_copy, model_digest, reference_source
 
 
 class PairForward(NamedTuple):
@@ -88,7 +88,7 @@ class DPOObjective(PairObjective):
         runner = self.reference if self.source == "copy" else model
         if runner.device != batch["input_ids"].device:
             runner.to(batch["input_ids"].device)
-        with adapter_disabled(model) if self.source == "adapter" else no_context():
+        with adapter_disabled(model) if self.source == "adapter" else contextlib.nullcontext():
             return answer_logps(runner, batch, self.chunked, self.cfg.ce_chunk_size)[0]
 
     # --- the loss ----------------------------------------------------------------------------------------------

@@ -8,7 +8,6 @@
 """
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 from typing import Optional
@@ -84,7 +83,3 @@ def find_peft_model(model: nn.Module) -> nn.Module:
 def adapter_disabled(model: nn.Module):
     """A context in which the (wrapped) policy runs as its base model."""
     return find_peft_model(model).disable_adapter()
-
-
-def no_context():
-    return contextlib.nullcontext()
