@@ -73,7 +73,10 @@ ROLE_NAMES = ("system", "user", "assistant")
 PREFERENCE_OBJECTIVES = ("dpo", "orpo", "reward")
 # keys that belong to some objectives only (a run of another objective refuses them)
 OBJECTIVE_KEYS = {"dpo_beta": ("dpo",), "dpo_loss": ("dpo",), "reference_model_path": ("dpo",),
-                  "precompute_reference": ("dpo",), "orpo_lambda": ("orpo",), "router_aux_loss_coef": ("sft",)}
+                  "precompute_reference": ("dpo",), "orpo_lambda": ("orpo",),
+                  "router_aux_loss_coef": ("sft", "pretrain"), "reset_position_ids": ("pretrain",),
+                  "fim_rate": ("pretrain",), "fim_spm_rate": ("pretrain",), "fim_tokens": ("pretrain",)}
+FIM_ROLES = ("prefix", "middle", "suffix")
 
 
 def check_role_markers(role_markers: Optional[dict], template: Optional[str] = None) -> None:
@@ -102,7 +105,7 @@ class TrainConfig(BaseModel):
     padding_mode: Literal["padding", "pack"] = Field(
         "padding", description="padding: one sample a row, dynamic padding; pack: bin-pack samples of one task per row.")
     tokenize_mode: Literal["sft", "pretrain"] = Field(
-        "sft", description="sft: loss on assistant turns only; pretrain: loss on every token.")
+        "sft", description='Kept for MFTCoder configs: "pretrain" means objective "pretrain"; use objective instead.')
     template: Literal["mftcoder", "chatml", "tokenizer"] = Field(
         "mftcoder", description="Chat template: MFTCoder role tags, ChatML, or the tokenizer's own chat_template.")
     role_markers: Optional[dict[str, str]] = Field(
@@ -143,9 +146,23 @@ class TrainConfig(BaseModel):
     gradient_checkpointing: bool = Field(False, description="Recompute activations in backward to save memory.")
 
     # --- objective ---------------------------------------------------------------------------------------------------
-    objective: Literal["sft", "dpo", "orpo", "reward"] = Field(
-        "sft", description="sft: cross entropy on the answers; dpo / orpo: preference pairs; reward: a scalar reward "
-                           "model trained on pairs (see README, Preference training).")
+    objective: Literal["sft", "pretrain", "dpo", "orpo", "reward"] = Field(
+        "sft", description="sft: cross entropy on the answers; pretrain: continued pretraining on raw text, documents "
+                           "concatenated into seq_length blocks; dpo / orpo: preference pairs; reward: a scalar reward "
+                           "model trained on pairs (see README, Continued pretraining / Preference training).")
+    reset_position_ids: bool = Field(
+        True, description="pretrain: position ids restart and attention stays inside each document of a block "
+                          "(false: classic blocks where tokens attend across document boundaries).")
+    fim_rate: float = Field(0.0, ge=0, le=1, description="pretrain: fraction of documents turned into "
+                            "fill-in-the-middle samples (character-level split, deterministic per document and seed).")
+    fim_spm_rate: float = Field(0.5, ge=0, le=1, description="pretrain: fraction of the FIM samples in SPM order "
+                                "(suffix, prefix, middle) instead of PSM (prefix, suffix, middle).")
+    fim_tokens: Optional[dict[str, str]] = Field(
+        None, description='FIM sentinels {"prefix": .., "middle": .., "suffix": ..}; default: the tokenizer\'s own '
+                          "(StarCoder, Qwen2.5-Coder, DeepSeek-Coder, CodeLlama spellings are recognised).")
+    train_new_tokens: bool = Field(
+        False, description="LoRA/QLoRA after `mftcoder extend-vocab`: also train the embedding (and untied lm_head) "
+                           "rows of the added tokens; tied embeddings stay tied.")
     dpo_beta: float = Field(0.1, gt=0, description="DPO: beta, the strength of the pull towards the reference model.")
     dpo_loss: Literal["sigmoid", "ipo", "hinge"] = Field(
         "sigmoid", description="DPO loss: sigmoid (DPO paper), ipo (IPO's squared loss), hinge (SLiC's).")
@@ -249,6 +266,23 @@ class TrainConfig(BaseModel):
                              f'(these sum to {sum(nums):g}), e.g. "98,2,0"')
         return value
 
+    @field_validator("fim_tokens")
+    @classmethod
+    def _fim_tokens(cls, value):
+        if value is not None and (set(value) != set(FIM_ROLES) or not all(isinstance(v, str) and v for v in
+                                                                          value.values())):
+            raise ValueError(f"fim_tokens must map exactly {', '.join(FIM_ROLES)} to non-empty token strings, got "
+                             f"{json.dumps(value)}")
+        return value
+
+    @model_validator(mode="before")
+    @classmethod
+    def _tokenize_mode_alias(cls, data: Any) -> Any:
+        # MFTCoder's tokenize_mode "pretrain" is the pretrain objective (loss on every token)
+        if isinstance(data, dict) and data.get("tokenize_mode") == "pretrain" and data.get("objective", "sft") == "sft":
+            data = {**data, "objective": "pretrain"}
+        return data
+
     @field_validator("role_markers")
     @classmethod
     def _role_markers(cls, value):
@@ -295,9 +329,12 @@ class TrainConfig(BaseModel):
             if getattr(self, key) != type(self).model_fields[key].default and self.objective not in objectives:
                 raise ValueError(f"{key} applies only to objective {' / '.join(map(repr, objectives))}, not "
                                  f"{self.objective!r}; remove it or set objective accordingly")
-        if self.objective != "sft" and self.tokenize_mode != "sft":
+        if self.is_preference and self.tokenize_mode != "sft":
             raise ValueError(f"tokenize_mode={self.tokenize_mode!r} cannot be combined with objective="
                              f"{self.objective!r}: preference objectives train on pairs of answers")
+        if self.train_new_tokens and self.peft_type is None:
+            raise ValueError("train_new_tokens applies to LoRA/QLoRA (peft_type); full fine-tuning already trains "
+                             "every embedding row")
 
     @property
     def is_preference(self) -> bool:

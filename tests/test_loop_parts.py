@@ -55,10 +55,11 @@ def test_the_first_stop_reason_wins_and_is_the_summary_text():
 # ---- the objective interface -----------------------------------------------------------------------------------------
 
 def test_registry_knows_sft_and_rejects_an_unknown_objective_clearly():
-    assert set(OBJECTIVES) == {"sft", "dpo", "orpo", "reward"} and objective_class("sft") is SFTObjective
-    with pytest.raises(ConfigError, match=r"^objective: 'ppo' is not a known objective; valid: dpo, orpo, reward, sft$"):
+    assert set(OBJECTIVES) == {"sft", "pretrain", "dpo", "orpo", "reward"} and objective_class("sft") is SFTObjective
+    with pytest.raises(ConfigError, match=r"^objective: 'ppo' is not a known objective; valid: dpo, orpo, pretrain, "
+                                          r"reward, sft$"):
         objective_class("ppo")
-    with pytest.raises(ConfigError, match="valid: dpo, orpo, reward, sft"):
+    with pytest.raises(ConfigError, match="valid: dpo, orpo, pretrain, reward, sft"):
         make_objective(None, cfg=None, num_tasks=2, chunked=False)
 
 

@@ -22,7 +22,9 @@ from typing import Optional
 import numpy as np
 
 from mftcoder.config import TrainConfig
+from mftcoder.data.blocks import block_stats
 from mftcoder.data.formats import DataFormatError
+from mftcoder.data.npy_stream import NpyAppender
 from mftcoder.data.tasks import Task, resolve_tasks
 from mftcoder.data.template import TemplateError, get_template
 from mftcoder.data.tokenise import EncodeSettings, LineResult, tokenise_tasks
@@ -33,6 +35,8 @@ CACHE_FORMAT_VERSION = 2
 SPLITS = ("train", "valid", "test")
 STAT_KEYS = ("lines", "blank", "train_samples", "valid_samples", "test_samples", "overlong", "truncated",
              "dropped", "rejected", "tokens", "loss_tokens")
+# pretraining adds: empty documents, how documents were written (fill-in-the-middle), and the blocks of each split
+DOCUMENT_STAT_KEYS = ("empty", "plain", "psm", "spm")
 
 
 class PreprocessError(ValueError):
@@ -96,6 +100,8 @@ def data_fingerprint(cfg: TrainConfig, tasks: list[Task], tokenizer) -> tuple[st
         "seq_length": cfg.seq_length,
         "tokenize_mode": cfg.tokenize_mode,
         **({"pairs": True} if cfg.is_preference else {}),  # SFT fingerprints stay as they were
+        **({"documents": {"fim_rate": cfg.fim_rate, "fim_spm_rate": cfg.fim_spm_rate, "fim_tokens": cfg.fim_tokens,
+                          "seed": cfg.seed if cfg.fim_rate > 0 else None}} if cfg.objective == "pretrain" else {}),
         "overlong_policy": cfg.overlong_policy,
         "on_bad_line": cfg.on_bad_line,
         "data_split": cfg.split_fractions,
@@ -155,8 +161,10 @@ class TokenizedData:
 def _count(st: dict, r: LineResult) -> None:
     """Account for one line in its task's statistics."""
     st["lines"] += 1
-    if r.status == "blank":
-        st["blank"] += 1
+    if r.written_as is not None:
+        st[r.written_as] += 1
+    if r.status in ("blank", "empty"):
+        st[r.status] += 1
     elif r.status == "rejected":
         st["rejected"] += 1
     elif r.status == "dropped":
@@ -170,16 +178,42 @@ def _count(st: dict, r: LineResult) -> None:
         st["loss_tokens"] += sum(int(mask[1:].sum()) for _, mask in r.samples)
 
 
+def _new_stats(cfg: TrainConfig, tasks: list[Task]) -> dict:
+    unit = "pair" if cfg.is_preference else "document" if cfg.objective == "pretrain" else "sample"  # *_samples count
+    extra = DOCUMENT_STAT_KEYS if cfg.objective == "pretrain" else ()
+    return {t.name: {"files": list(t.files), "unit": unit, **{k: 0 for k in STAT_KEYS + extra}} for t in tasks}
+
+
+class _CacheWriter:
+    """ids, mask and index appended to the cache files as lines arrive: memory stays bounded whatever the corpus."""
+
+    def __init__(self, out_dir: str):
+        self.ids = NpyAppender(os.path.join(out_dir, "ids.npy"), np.int32)
+        self.mask = NpyAppender(os.path.join(out_dir, "mask.npy"), np.uint8)
+        self.index = NpyAppender(os.path.join(out_dir, "index.npy"), np.int64, (4,))
+        self.offset = 0
+
+    def add(self, task_id: int, r: LineResult) -> None:
+        for ids, mask in r.samples:  # a pair's chosen and rejected are consecutive rows
+            self.ids.append(ids)
+            self.mask.append(mask)
+            self.index.append(np.asarray([[task_id, SPLITS.index(r.split), self.offset, len(ids)]]))
+            self.offset += len(ids)
+
+    def close(self) -> None:
+        for f in (self.ids, self.mask, self.index):
+            f.close()
+
+
 def _build(cfg: TrainConfig, tasks: list[Task], tokenizer, out_dir: str, num_workers: int, progress: bool) -> dict:
     from tqdm import tqdm
 
-    unit = "pair" if cfg.is_preference else "sample"  # what *_samples count
-    stats = {t.name: {"files": list(t.files), "unit": unit, **{k: 0 for k in STAT_KEYS}} for t in tasks}
-    ids_parts, mask_parts, index_rows, offset = [], [], [], 0
+    stats = _new_stats(cfg, tasks)
     rejected_examples: dict[str, list[str]] = {t.name: [] for t in tasks}
     total_bytes = sum(os.path.getsize(f) for t in tasks for f in t.files)
     bar = tqdm(total=total_bytes, desc="tokenising", unit="B", unit_scale=True, disable=not progress,
                dynamic_ncols=True)
+    writer = _CacheWriter(out_dir)
     results = tokenise_tasks(tasks, tokenizer, EncodeSettings.from_config(cfg), num_workers)
     try:
         for job, lines in results:
@@ -191,21 +225,29 @@ def _build(cfg: TrainConfig, tasks: list[Task], tokenizer, out_dir: str, num_wor
                     if len(rejected_examples[name]) < 5:
                         rejected_examples[name].append(r.reason)
                 _count(stats[name], r)
-                for ids, mask in r.samples:  # a pair's chosen and rejected are consecutive rows
-                    ids_parts.append(ids)
-                    mask_parts.append(mask)
-                    index_rows.append((job.task_id, SPLITS.index(r.split), offset, len(ids)))
-                    offset += len(ids)
+                writer.add(job.task_id, r)
             bar.update(job.nbytes)
     except DataFormatError as e:  # a file that cannot be read at all (a broken gzip): no line of it is usable
         raise PreprocessError(str(e)) from None
     finally:
         bar.close()
         results.close()  # stops the worker processes now, not when the generator is collected
-    np.save(os.path.join(out_dir, "ids.npy"), np.concatenate(ids_parts) if ids_parts else np.zeros(0, np.int32))
-    np.save(os.path.join(out_dir, "mask.npy"), np.concatenate(mask_parts) if mask_parts else np.zeros(0, np.uint8))
-    np.save(os.path.join(out_dir, "index.npy"), np.asarray(index_rows, dtype=np.int64).reshape(-1, 4))
+        writer.close()
+    if cfg.objective == "pretrain":
+        _add_block_stats(stats, tasks, np.load(os.path.join(out_dir, "index.npy")), cfg.seq_length)
     return {"tasks": stats, "rejected_examples": {k: v for k, v in rejected_examples.items() if v}}
+
+
+def _add_block_stats(stats: dict, tasks: list[Task], index: np.ndarray, seq_length: int) -> None:
+    """Each split's blocks (blocks.py): (blocks - 1) x seq_length + last_block_tokens == the split's tokens."""
+    for t in tasks:
+        st = stats[t.name]
+        for field in ("blocks", "last_block_tokens"):
+            st[field] = {}
+        for s, split in enumerate(SPLITS):
+            lengths = index[(index[:, 0] == t.task_id) & (index[:, 1] == s), 3]
+            for field, value in block_stats(lengths, seq_length).items():
+                st[field][split] = value
 
 
 def _load(path: str, tasks: list[Task]) -> tuple[list[TaskData], int]:
@@ -290,6 +332,13 @@ def stats_table(stats: dict) -> str:
     widths = [max(len(r[i]) for r in table) for i in range(len(cols))]
     fmt = lambda r: "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))  # noqa: E731
     lines = [fmt(cols), "-" * (sum(widths) + 2 * (len(cols) - 1))] + [fmt(r) for r in rows] + [fmt(totals)]
+    documents = {name: s for name, s in stats["tasks"].items() if s.get("unit") == "document"}
+    if documents:
+        lines.append("(pretraining: train / valid / test count documents; every token is trained)")
+        lines += [f"{name}: blocks train {s['blocks']['train']} / valid {s['blocks']['valid']} (last block "
+                  f"{s['last_block_tokens']['train']} / {s['last_block_tokens']['valid']} tokens), {s['empty']} empty "
+                  f"document(s) skipped, fill-in-the-middle psm {s['psm']} / spm {s['spm']} of "
+                  f"{s['plain'] + s['psm'] + s['spm']}" for name, s in documents.items()]
     if any(s.get("unit") == "pair" for s in stats["tasks"].values()):
         lines.append("(preference data: train / valid / test / truncated / dropped count pairs; tokens count both "
                      "answers)")

@@ -23,11 +23,12 @@ class Task:
 
 
 DATA_SUFFIXES = (".jsonl.gz", ".jsonl")  # longest first: the name of a task file drops it
+DOCUMENT_SUFFIXES = DATA_SUFFIXES + (".txt",)  # continued pretraining also reads plain text, one document a file
 
 
-def find_jsonl_files(path: str) -> list[str]:
-    """A file as given, or every *.jsonl / *.jsonl.gz under a folder: recursively, through symlinked folders (each
-    real folder once, so a link loop ends), sorted so the order never depends on the OS."""
+def find_jsonl_files(path: str, suffixes: tuple[str, ...] = DATA_SUFFIXES) -> list[str]:
+    """A file as given, or every file with one of `suffixes` under a folder: recursively, through symlinked folders
+    (each real folder once, so a link loop ends), sorted so the order never depends on the OS."""
     if os.path.isfile(path):
         return [path]
     if not os.path.isdir(path):
@@ -46,9 +47,9 @@ def find_jsonl_files(path: str) -> list[str]:
         walked[real] = root
         dirs.sort()
         for n in sorted(names):
-            (files if n.endswith(DATA_SUFFIXES) else others).append(os.path.join(root, n))
+            (files if n.endswith(suffixes) else others).append(os.path.join(root, n))
     if not files:
-        raise ConfigError(_no_data_files_message(path, others))
+        raise ConfigError(_no_data_files_message(path, others, suffixes))
     broken = [f for f in files if not os.path.exists(f)]
     if broken:
         raise ConfigError(f"data_paths: {broken[0]!r} is a symlink to nothing ({os.readlink(broken[0])!r}); "
@@ -68,8 +69,9 @@ def _once_each(files: list[str]) -> list[str]:
     return list(first.values())
 
 
-def _no_data_files_message(path: str, others: list[str]) -> str:
-    msg = f"data_paths: folder {path!r} contains no .jsonl file (searched recursively"
+def _no_data_files_message(path: str, others: list[str], suffixes: tuple[str, ...]) -> str:
+    kinds = " or ".join(s for s in suffixes if s != ".jsonl.gz")
+    msg = f"data_paths: folder {path!r} contains no {kinds} file (searched recursively"
     if not others:
         return msg + "; it holds no file at all)"
     shown = [os.path.relpath(f, path) for f in others[:5]]
@@ -99,7 +101,7 @@ def check_no_shared_files(names: list[str], files: list[list[str]]) -> None:
 
 def _default_name(path: str) -> str:
     base = os.path.basename(os.path.normpath(path))
-    for suffix in DATA_SUFFIXES:
+    for suffix in DOCUMENT_SUFFIXES:
         if base.endswith(suffix):
             return base[: -len(suffix)]
     return base
@@ -154,7 +156,8 @@ def _per_task_values(value, names: list[str], key: str) -> Optional[list[float]]
 def resolve_tasks(cfg: TrainConfig) -> list[Task]:
     specs = cfg.data_paths
     names = unique_task_names(specs)
-    files = [find_jsonl_files(s.path) for s in specs]
+    suffixes = DOCUMENT_SUFFIXES if cfg.objective == "pretrain" else DATA_SUFFIXES
+    files = [find_jsonl_files(s.path, suffixes) for s in specs]
     check_no_shared_files(names, files)
     loss_weights = _per_task_values(cfg.task_weights, names, "task_weights")
     inline = [s.weight for s in specs]

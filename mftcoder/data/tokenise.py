@@ -1,8 +1,10 @@
 """Tokenising: raw JSONL lines -> token ids, loss mask and split, in parallel worker processes.
 
 One line goes: decode (UTF-8, BOM) -> parse (formats.py) -> render with the template (ids + assistant mask) ->
-mask (sft: assistant turns; pretrain: every token) -> truncate or drop past seq_length -> split by content hash.
-Every line comes back with a status, so the cache can account for each one: ok | blank | rejected | dropped.
+mask (assistant turns) -> truncate or drop past seq_length -> split by content hash. Pretraining documents (a line's
+`text`, or a whole .txt file) are tokenised whole, every token trained, never truncated (documents.py; blocks.py cuts
+them into rows). Every line comes back with a status, so the cache can account for each one: ok | blank | empty |
+rejected | dropped.
 Results arrive in task, file and line order, whatever the number of workers, so the cache is the same for any count.
 """
 from __future__ import annotations
@@ -14,7 +16,9 @@ from typing import Iterable, Iterator, NamedTuple, Optional
 
 import numpy as np
 
-from mftcoder.data.formats import DataFormatError, decode_line, iter_raw_lines, load_json_line, parse_line
+from mftcoder.data.documents import (DocumentTokenizer, FimSettings, decode_text_file, is_empty_text,
+                                     is_text_file)
+from mftcoder.data.formats import DataFormatError, decode_line, iter_raw_lines, load_json_line, parse_line, parse_record
 from mftcoder.data.pairs import fit_pair, parse_pair
 from mftcoder.data.tasks import Task, split_of
 from mftcoder.data.template import ChatTemplate, TemplateError, get_template
@@ -31,25 +35,28 @@ class EncodeSettings:
     template: str
     role_markers: Optional[dict]
     seq_length: int
-    tokenize_mode: str  # "sft" | "pretrain"
     overlong_policy: str  # "truncate" | "drop"
     fractions: tuple[float, float, float]  # train, valid, test
     pairs: bool = False  # preference objectives: every line is a (prompt, chosen, rejected) pair
+    documents: Optional[FimSettings] = None  # pretraining: every line or .txt file is a document
 
     @classmethod
     def from_config(cls, cfg) -> "EncodeSettings":
-        return cls(cfg.template, cfg.role_markers, cfg.seq_length, cfg.tokenize_mode, cfg.overlong_policy,
-                   cfg.split_fractions, cfg.is_preference)
+        documents = FimSettings(cfg.fim_rate, cfg.fim_spm_rate, cfg.fim_tokens, cfg.seed) \
+            if cfg.objective == "pretrain" else None
+        return cls(cfg.template, cfg.role_markers, cfg.seq_length, cfg.overlong_policy, cfg.split_fractions,
+                   cfg.is_preference, documents)
 
 
 class LineResult(NamedTuple):
     """One line's outcome (a tuple: cheap to send back from a worker). `reason` explains rejected and dropped."""
     lineno: int
-    status: str  # "ok" | "blank" | "rejected" | "dropped"
+    status: str  # "ok" | "blank" | "empty" | "rejected" | "dropped"
     samples: tuple = ()  # ok only: ((ids int32, mask uint8),): one sample, or a pair (chosen, rejected)
     split: Optional[str] = None  # "train" | "valid" | "test", ok only
     overlong: bool = False  # longer than seq_length+1 tokens before truncation (ok and dropped)
     reason: Optional[str] = None
+    written_as: Optional[str] = None  # a pretraining document: "plain" | "psm" | "spm" (fill-in-the-middle)
 
     @property
     def ids(self) -> Optional[np.ndarray]:
@@ -74,23 +81,25 @@ class LineEncoder:
     def __init__(self, template: ChatTemplate, settings: EncodeSettings):
         self.template, self.settings = template, settings
         self.max_len = settings.seq_length + 1  # a sample of n tokens gives n-1 (input, target) positions
+        self.documents = DocumentTokenizer(template.tokenizer, settings.documents) \
+            if settings.documents is not None else None
 
     def encode(self, data: bytes, lineno: int, path: str) -> LineResult:
         where = f"{path}:{lineno}"
         try:
+            if self.documents is not None:
+                return self._encode_document(data, lineno, path)
             raw = decode_line(data, lineno, where)
             if not raw.strip():
                 return LineResult(lineno, "blank")
             if self.settings.pairs:
                 return self._encode_pair(raw, lineno, where)
-            conv = parse_line(raw, where, require_assistant_last=self.settings.tokenize_mode == "sft")
+            conv = parse_line(raw, where)
             enc = self._render(conv, where)
         except DataFormatError as e:
             return LineResult(lineno, "rejected", reason=str(e))
         ids = np.asarray(enc.input_ids, dtype=np.int32)
         mask = np.asarray(enc.loss_mask, dtype=np.uint8)
-        if self.settings.tokenize_mode == "pretrain":
-            mask = np.ones_like(mask)
         overlong = len(ids) > self.max_len
         if overlong:
             if self.settings.overlong_policy == "drop":
@@ -108,6 +117,31 @@ class LineEncoder:
             return self.template.encode(conv, last_answer_only=last_answer_only)
         except (TemplateError, JinjaTemplateError) as e:
             raise DataFormatError(where, f"template {self.template.name!r} cannot render this line: {e}") from None
+
+    def _encode_document(self, data: bytes, lineno: int, path: str) -> LineResult:
+        """A pretraining document, whole: a .txt file, a line's `text`, or a chat line rendered with the template (all
+        its tokens trained; fill-in-the-middle applies to text only)."""
+        where = f"{path}:{lineno}"
+        if is_text_file(path):
+            text = key = decode_text_file(data, path)
+        else:
+            key = decode_line(data, lineno, where)
+            if not key.strip():
+                return LineResult(lineno, "blank")
+            obj = load_json_line(key, where)
+            if is_empty_text(obj):
+                return LineResult(lineno, "empty", reason=f"{where}: empty text")
+            conv = parse_record(obj, where, require_assistant_last=False)
+            if conv.kind != "text":
+                ids = np.asarray(self._render(conv, where).input_ids, dtype=np.int32)
+                return LineResult(lineno, "ok", ((ids, np.ones_like(ids, dtype=np.uint8)),),
+                                  split_of(key, self.settings.fractions), written_as="plain")
+            text = conv.turns[0].content
+        if not text.strip():
+            return LineResult(lineno, "empty", reason=f"{where}: empty text")
+        ids, written_as = self.documents.encode(text)
+        return LineResult(lineno, "ok", ((ids, np.ones_like(ids, dtype=np.uint8)),),
+                          split_of(key, self.settings.fractions), written_as=written_as)
 
     def _encode_pair(self, raw: str, lineno: int, where: str) -> LineResult:
         """A preference line: chosen and rejected rendered after the same prompt, trained on the answer alone."""
@@ -144,6 +178,11 @@ def read_jobs(tasks: list[Task], chunk_lines: int = 256) -> Iterator[Job]:
     """Chunks of raw lines in task, file and line order (the order results are consumed in); gzip files read too."""
     for task in tasks:
         for path in task.files:
+            if is_text_file(path):  # one document: one job of one "line"
+                with open(path, "rb") as f:
+                    data = f.read()
+                yield Job(task.task_id, path, [(1, data)], len(data))
+                continue
             buf: list[tuple[int, bytes]] = []
             reported = done = 0
             for lineno, data, done in iter_raw_lines(path):

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from mftcoder.objectives.base import EvalSums, MicroOutput, Objective, StepContext
 from mftcoder.objectives.preference import DPOObjective, ORPOObjective
+from mftcoder.objectives.pretrain import PretrainObjective
 from mftcoder.objectives.reward import RewardObjective
 from mftcoder.objectives.sft import SFTObjective
 
-OBJECTIVES: dict[str, type[Objective]] = {"sft": SFTObjective, "dpo": DPOObjective, "orpo": ORPOObjective,
-                                          "reward": RewardObjective}
+OBJECTIVES: dict[str, type[Objective]] = {"sft": SFTObjective, "pretrain": PretrainObjective, "dpo": DPOObjective,
+                                          "orpo": ORPOObjective, "reward": RewardObjective}
 
 
 def objective_class(name: str) -> type[Objective]:
@@ -26,5 +27,6 @@ def make_objective(name: str, cfg, num_tasks: int, chunked: bool, sharded: bool 
     return objective_class(name)(cfg, num_tasks, chunked, sharded)
 
 
-__all__ = ["OBJECTIVES", "DPOObjective", "EvalSums", "MicroOutput", "ORPOObjective", "Objective", "RewardObjective",
+__all__ = ["OBJECTIVES", "DPOObjective", "EvalSums", "MicroOutput", "ORPOObjective", "Objective", "PretrainObjective",
+           "RewardObjective",
            "SFTObjective", "StepContext", "make_objective", "objective_class"]

@@ -62,6 +62,11 @@ class Objective(ABC):
     aux_metric: Optional[str] = None
     # consecutive cached samples that form one item (2: a preference pair, chosen then rejected; see TrainBatches)
     samples_per_item: ClassVar[int] = 1
+    # how cached samples become rows: "items" (a sample or a pair a row, or bin-packed) or "blocks" (documents
+    # concatenated and cut into seq_length blocks: continued pretraining); see mftcoder/trainer/batches.py
+    row_layout: ClassVar[str] = "items"
+    # validation also reports each task's perplexity, exp(mean token loss)
+    reports_perplexity: ClassVar[bool] = False
     # the model class to train: "causal_lm" (AutoModelForCausalLM) or "sequence_classification" (a scalar head)
     model_head: ClassVar[str] = "causal_lm"
     # per-unit means logged with each step (`MicroOutput.metric_sums` / the step's units) and, per task, with

@@ -8,37 +8,78 @@ from typing import Callable, Iterator
 import torch
 
 from mftcoder.config import TrainConfig
-from mftcoder.data.cache import TokenizedData
+from mftcoder.data.blocks import block_samples, build_blocks
+from mftcoder.data.cache import SampleStore, TokenizedData
 from mftcoder.data.collator import collate
 from mftcoder.data.packing import build_units
 from mftcoder.data.sampler import TaskBalancedSampler
+
+
+class ItemRows:
+    """SFT and preference rows: a unit is a list of items (an item: one sample, or `group` consecutive samples that
+    train together, e.g. a preference pair), one item a row (padding) or bin-packed (pack)."""
+
+    def __init__(self, cfg: TrainConfig, group: int):
+        self.cfg, self.group = cfg, group
+
+    def train_units(self, store: SampleStore) -> list[list[int]]:
+        """A group of g samples needs sum(n) - g positions; packed, it shares a row of g x seq_length positions with
+        others (a pair then takes what its two padded rows would)."""
+        g, lengths = self.group, store.lengths
+        items = [int(sum(lengths[g * i:g * i + g])) - (g - 1) for i in range(len(lengths) // g)]
+        return build_units(items, g * self.cfg.seq_length, self.cfg.padding_mode)
+
+    def valid_units(self, store: SampleStore) -> list[list[int]]:
+        return [[i] for i in range(len(store) // self.group)]
+
+    def samples(self, store: SampleStore, unit: list[int]) -> tuple[list, list[int]]:
+        """(the row's samples, their indices in the store)."""
+        index = [s for item in unit for s in range(self.group * item, self.group * item + self.group)]
+        return [store[i] for i in index], index
+
+
+class BlockRows:
+    """Continued-pretraining rows: a unit is a block of the task's concatenated documents (mftcoder/data/blocks.py),
+    in training and validation alike."""
+
+    def __init__(self, cfg: TrainConfig):
+        self.seq_length, self.reset = cfg.seq_length, cfg.reset_position_ids
+
+    def train_units(self, store: SampleStore) -> list:
+        return build_blocks(store.lengths, self.seq_length)
+
+    valid_units = train_units
+
+    def samples(self, store: SampleStore, unit) -> tuple[list, list[int]]:
+        kept = [d for d, a, b in unit if b - a >= 2] if self.reset else [unit[0][0]]
+        return block_samples(unit, store, self.reset), kept
+
+
+ROW_LAYOUTS = ("items", "blocks")
 
 
 class TrainBatches:
     """The micro-batches of optimizer step N for one process: the same global batch whatever the geometry."""
 
     def __init__(self, data: TokenizedData, cfg: TrainConfig, rank: int, world_size: int, pad_id: int,
-                 collate_fn: Callable = collate, samples_per_item: int = 1):
+                 collate_fn: Callable = collate, samples_per_item: int = 1, layout: str = "items"):
         """`collate_fn(rows, task_ids, pad_id, pad_to_multiple_of)` makes a micro-batch (the objective's `collate`).
-        `samples_per_item`: consecutive samples that train together (2: a preference pair, chosen then rejected)."""
+        `samples_per_item`: consecutive samples that train together (2: a preference pair, chosen then rejected).
+        `layout`: "items" (ItemRows) or "blocks" (BlockRows, continued pretraining)."""
         self.data, self.cfg, self.rank, self.world, self.pad_id = data, cfg, rank, world_size, pad_id
         self.collate_fn, self.group = collate_fn, samples_per_item
-        self.units = [self._build_units(t.train.lengths) for t in data.tasks]
+        self.rows = BlockRows(cfg) if layout == "blocks" else ItemRows(cfg, samples_per_item)
+        self.units = [self.rows.train_units(t.train) for t in data.tasks]
+        self.valid = [self.rows.valid_units(t.valid) for t in data.tasks]
         weights = [t.task.sampling_weight for t in data.tasks] if cfg.task_sampling == "explicit" else None
         self.global_batch_size = cfg.per_device_train_batch_size * cfg.gradient_accumulation_steps * world_size
         self.sampler = TaskBalancedSampler(
             [len(u) for u in self.units], self.global_batch_size, strategy=cfg.task_sampling,
             temperature=cfg.sampling_temperature, weights=weights, seed=cfg.seed, group_by_task=cfg.group_by_task)
 
-    def _build_units(self, lengths) -> list[list[int]]:
-        """Units of items. A group of g samples needs sum(n) - g positions; packed, it shares a row of g x seq_length
-        positions with others (a pair then takes what its two padded rows would)."""
-        g = self.group
-        items = [int(sum(lengths[g * i:g * i + g])) - (g - 1) for i in range(len(lengths) // g)]
-        return build_units(items, g * self.cfg.seq_length, self.cfg.padding_mode)
-
-    def item_samples(self, item: int) -> list[int]:
-        return list(range(self.group * item, self.group * item + self.group))
+    def eval_units(self) -> list[tuple[int, int]]:
+        """Every validation unit (an item, or a block) once, as (task, unit)."""
+        return [(t, i) for t in range(len(self.valid)) for i in range(len(self.valid[t]))]
 
     def steps_per_epoch(self) -> int:
         return self.sampler.steps_per_epoch()
@@ -50,20 +91,20 @@ class TrainBatches:
         return [self.collate_units(mb, split="train") for mb in shards]
 
     def collate_units(self, units: list[tuple[int, int]], split: str) -> dict:
-        """A micro-batch of units: train units are this run's rows (packed or not), validation units are items."""
-        return self._collate([(split, task_id, self.units[task_id][unit] if split == "train" else [unit])
-                              for task_id, unit in units])
+        """A micro-batch of (task, unit) of the train or valid split (the units of `self.units` / `self.valid`)."""
+        table = self.units if split == "train" else self.valid
+        return self._collate([(split, task_id, table[task_id][unit]) for task_id, unit in units])
 
     def collate_items(self, items: list[tuple[str, tuple[int, int]]]) -> dict:
-        """A batch of (split, (task, item)), one item a unit, from any split."""
+        """A batch of (split, (task, item)), one item a unit, from any split (item layouts only)."""
         return self._collate([(split, task_id, [item]) for split, (task_id, item) in items])
 
-    def _collate(self, groups: list[tuple[str, int, list[int]]]) -> dict:
+    def _collate(self, groups: list[tuple[str, int, list]]) -> dict:
         rows, task_ids, cache_rows = [], [], []
-        for split, task_id, items in groups:
+        for split, task_id, unit in groups:
             store = getattr(self.data.tasks[task_id], split)
-            index = [s for item in items for s in self.item_samples(item)]
-            rows.append([store[i] for i in index])
+            samples, index = self.rows.samples(store, unit)
+            rows.append(samples)
             task_ids.append(task_id)
             cache_rows += [int(store.rows[i]) for i in index]
         multiple = None if self.cfg.use_dynamic_padding else self.cfg.seq_length

@@ -10,6 +10,7 @@ changing state is a `LoopState` (mftcoder/trainer/state.py), and whatever ends t
 from __future__ import annotations
 
 import logging
+import math
 import os
 import time
 from dataclasses import dataclass
@@ -28,7 +29,7 @@ from mftcoder.model.load import load_model
 from mftcoder.model.tokenizer import load_tokenizer
 from mftcoder.objectives import Objective, StepContext, make_objective
 from mftcoder.trainer import backend
-from mftcoder.trainer.batches import TrainBatches, ValidProbe, eval_units, sharded_batches, to_device
+from mftcoder.trainer.batches import TrainBatches, ValidProbe, sharded_batches, to_device
 from mftcoder.trainer.checkpoint import load_checkpoint, read_loop_state, resolve_resume, save_checkpoint
 from mftcoder.trainer.interrupt import StopSignals, exits_quietly_on_ctrl_c, stop_for_signal
 from mftcoder.trainer.run_dir import owns_output_dir, staged_directory
@@ -51,7 +52,7 @@ class Run:
     data: TokenizedData
     batches: TrainBatches
     objective: Objective
-    valid_units: list                # every validation sample once
+    valid_units: list                # every validation unit (item or block) once
     total_steps: int
     end_reason: StopReason           # why the loop ends at total_steps: MAX_STEPS or EPOCHS
     resume_path: Optional[str] = None
@@ -160,8 +161,9 @@ def _setup_data(cfg: TrainConfig, acc) -> Run:
     objective = make_objective(cfg.objective, cfg, len(data.tasks), chunked=backend.chunked_ce(acc, cfg),
                                sharded=backend.is_sharded(acc))
     batches = TrainBatches(data, cfg, acc.process_index, acc.num_processes, tokenizer.pad_token_id,
-                           collate_fn=objective.collate, samples_per_item=objective.samples_per_item)
-    valid_units = eval_units(data, objective.samples_per_item)
+                           collate_fn=objective.collate, samples_per_item=objective.samples_per_item,
+                           layout=objective.row_layout)
+    valid_units = batches.eval_units()
     if cfg.weighted_loss_mode == "coba" and not valid_units:
         raise ConfigError(f"weighted_loss_mode='coba' steers by validation loss, but data_split={cfg.data_split!r} "
                           "left no task a validation sample; give valid a larger share or add data")
@@ -333,6 +335,8 @@ def evaluate(run: Run, step: int) -> dict:
               "loss": _mean([v for v in task_loss if v is not None])}
     for name, values in task_metrics.items():
         record[f"task_{name}"] = dict(zip(run.names, values))
+    if run.objective.reports_perplexity:
+        record["task_perplexity"] = {n: math.exp(v) if v is not None else None for n, v in zip(run.names, task_loss)}
     run.metrics.write(record)
     return record
 
