@@ -75,7 +75,9 @@ PREFERENCE_OBJECTIVES = ("dpo", "orpo", "reward")
 OBJECTIVE_KEYS = {"dpo_beta": ("dpo",), "dpo_loss": ("dpo",), "reference_model_path": ("dpo",),
                   "precompute_reference": ("dpo",), "orpo_lambda": ("orpo",),
                   "router_aux_loss_coef": ("sft", "pretrain"), "reset_position_ids": ("pretrain",),
-                  "fim_rate": ("pretrain",), "fim_spm_rate": ("pretrain",), "fim_tokens": ("pretrain",)}
+                  "fim_rate": ("pretrain",), "fim_spm_rate": ("pretrain",), "fim_tokens": ("pretrain",),
+                  # pretraining rows are full blocks of the document stream: nothing to pack, nothing too long
+                  "padding_mode": ("sft", "dpo", "orpo", "reward"), "overlong_policy": ("sft", "dpo", "orpo", "reward")}
 FIM_ROLES = ("prefix", "middle", "suffix")
 
 

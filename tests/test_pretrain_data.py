@@ -168,3 +168,10 @@ def test_pretrain_keys_are_refused_elsewhere(tmp_path, key, value, message):
 def test_fim_tokens_need_all_three_roles(tmp_path):
     with pytest.raises(ConfigError, match="fim_tokens must map exactly prefix, middle, suffix"):
         pretrain_cfg(tmp_path, [tmp_path], fim_tokens={"prefix": "<p>", "middle": "<m>"})
+
+
+@pytest.mark.parametrize("key, value", [("padding_mode", "pack"), ("overlong_policy", "drop")])
+def test_row_keys_of_other_objectives_are_refused_in_pretraining(tmp_path, key, value):
+    with pytest.raises(ConfigError, match=f"{key} applies only to objective 'sft' / 'dpo' / 'orpo' / 'reward', not "
+                                          "'pretrain'"):
+        pretrain_cfg(tmp_path, [tmp_path], **{key: value})
