@@ -175,3 +175,39 @@ def test_row_keys_of_other_objectives_are_refused_in_pretraining(tmp_path, key, 
     with pytest.raises(ConfigError, match=f"{key} applies only to objective 'sft' / 'dpo' / 'orpo' / 'reward', not "
                                           "'pretrain'"):
         pretrain_cfg(tmp_path, [tmp_path], **{key: value})
+
+
+# ---- fill-in-the-middle in the cache ---------------------------------------------------------------------------------
+
+def test_fim_documents_in_the_cache_reconstruct_and_are_counted(tmp_path):
+    from mftcoder.data.fim import fim_reconstruct, resolve_fim_tokens
+
+    tok = build_tokenizer()
+    tok.add_special_tokens({"additional_special_tokens": ["<fim_prefix>", "<fim_middle>", "<fim_suffix>"]})
+    texts = [f"def f_{i}(x):\n    return x * {i} + {i % 7}\n" for i in range(400)]
+    path = write_docs(tmp_path / "code" / "docs.jsonl", texts)
+    cfg = pretrain_cfg(tmp_path, [path], fim_rate=0.5, fim_spm_rate=0.5)
+    data = load_or_build(cfg, tok, num_workers=2, progress=False)
+    st = data.stats["tasks"]["docs"]
+    assert st["plain"] + st["psm"] + st["spm"] == 400
+    assert 150 <= st["psm"] + st["spm"] <= 250 and 50 <= st["spm"] <= 150  # binomial, > 4 sigma
+    sentinels = resolve_fim_tokens(tok)
+    store = data.tasks[0].train
+    rebuilt = sorted(fim_reconstruct(store[i][0].tolist()[:-1], sentinels, tok) for i in range(len(store)))
+    assert rebuilt == sorted(texts)
+    # the same seed writes the same ids (a fresh build of another cache), another seed does not
+    again = load_or_build(pretrain_cfg(tmp_path, [path], fim_rate=0.5, cache_dir=str(tmp_path / "c2")), tok,
+                          num_workers=1, progress=False)
+    assert np.array_equal(np.load(f"{again.cache_path}/ids.npy"), np.load(f"{data.cache_path}/ids.npy"))
+    other = load_or_build(pretrain_cfg(tmp_path, [path], fim_rate=0.5, seed=7), tok, num_workers=1, progress=False)
+    assert other.cache_path != data.cache_path
+
+
+def test_fim_without_sentinels_is_one_clear_error(tmp_path, tok):
+    path = write_docs(tmp_path / "code" / "docs.jsonl", ["def f(): pass"])
+    with pytest.raises(PreprocessError, match=r"no fill-in-the-middle sentinel tokens .* set fim_tokens"):
+        load_or_build(pretrain_cfg(tmp_path, [path], fim_rate=0.1), tok, num_workers=2, progress=False)
+    with pytest.raises(PreprocessError, match=r"fim_tokens\.prefix '<p>' is not a single token"):
+        load_or_build(pretrain_cfg(tmp_path, [path], fim_rate=0.1,
+                                   fim_tokens={"prefix": "<p>", "middle": "<m>", "suffix": "<s>"}), tok,
+                      num_workers=1, progress=False)

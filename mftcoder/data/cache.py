@@ -23,6 +23,7 @@ import numpy as np
 
 from mftcoder.config import TrainConfig
 from mftcoder.data.blocks import block_stats
+from mftcoder.data.documents import DocumentTokenizer
 from mftcoder.data.formats import DataFormatError
 from mftcoder.data.npy_stream import NpyAppender
 from mftcoder.data.tasks import Task, resolve_tasks
@@ -284,6 +285,12 @@ def load_or_build(cfg: TrainConfig, tokenizer, *, num_workers: Optional[int] = N
         for f in t.files:
             if os.path.getsize(f) == 0:
                 log.warning(f"{f}: empty file (task {t.name!r}); it contributes no sample")
+    settings = EncodeSettings.from_config(cfg)
+    if settings.documents is not None:  # e.g. FIM sentinels missing: one clear error now, not one per worker
+        try:
+            DocumentTokenizer(tokenizer, settings.documents)
+        except ValueError as e:
+            raise PreprocessError(str(e)) from None
     os.makedirs(root, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=f".{fingerprint}.tmp-", dir=root)
     try:

@@ -5,12 +5,14 @@ messages, ShareGPT conversations, Firefly conversation, prompt/answer pairs (Alp
 and a prompt key alone. A trailing assistant answer is not part of the prompt; it stays in the output line (every
 input field is copied there), where it serves as the reference. The messages are rendered with the tokenizer's
 chat template, which for a model trained with mftcoder is the template training rendered its data with.
+With `--fim` a line is {"prefix": .., "suffix": ..} and its prompt is the fill-in-the-middle one (`fim_prompt_ids`).
 """
 from __future__ import annotations
 
 from mftcoder.data.formats import PROMPT_KEYS, parse_prompt
 
 RAW_KEYS = (*PROMPT_KEYS, "text")
+FIM_KEYS = ("prefix", "suffix")
 
 
 def record_messages(record: dict, where: str = "input") -> list[dict]:
@@ -24,6 +26,14 @@ def raw_prompt(record: dict, where: str = "input") -> str:
     if key is None:
         raise ValueError(f"{where}: --raw needs a string field {' / '.join(RAW_KEYS)}; got keys {sorted(record)}")
     return record[key]
+
+
+def fim_parts(record: dict, where: str = "input") -> tuple[str, str]:
+    """The (prefix, suffix) of a --fim line: both string fields (either may be empty)."""
+    if not all(isinstance(record.get(k), str) for k in FIM_KEYS):
+        raise ValueError(f'{where}: --fim needs string fields "prefix" and "suffix" (the code before and after the '
+                         f"hole); got keys {sorted(record)}")
+    return record["prefix"], record["suffix"]
 
 
 def render_messages(tokenizer, messages: list[dict]) -> str:
