@@ -24,20 +24,33 @@ def block_starts(total_tokens: int, seq_length: int) -> range:
     return range(0, max(int(total_tokens) - 1, 0), int(seq_length))
 
 
+class DocumentBlocks(Sequence):
+    """The blocks of documents with token counts `lengths`, computed when asked for (a corpus of 500k blocks keeps
+    two arrays of document offsets, not 500k tuples): blocks[k] is block k's tuple of spans."""
+
+    def __init__(self, lengths: Sequence[int], seq_length: int):
+        self.lengths = np.asarray(lengths, dtype=np.int64)
+        self.ends = np.cumsum(self.lengths)
+        self.starts = self.ends - self.lengths
+        self.seq_length = int(seq_length)
+        self._starts = block_starts(int(self.ends[-1]) if len(self.ends) else 0, seq_length)
+
+    def __len__(self) -> int:
+        return len(self._starts)
+
+    def __getitem__(self, k: int) -> tuple[Span, ...]:
+        start = self._starts[k]
+        stop = min(start + self.seq_length + 1, int(self.ends[-1]))
+        first = int(np.searchsorted(self.ends, start, side="right"))  # the document holding token `start`
+        last = int(np.searchsorted(self.starts, stop, side="left"))  # documents starting before `stop`
+        return tuple((d, max(start, int(self.starts[d])) - int(self.starts[d]),
+                      min(stop, int(self.ends[d])) - int(self.starts[d]))
+                     for d in range(first, last) if self.lengths[d] > 0)
+
+
 def build_blocks(lengths: Sequence[int], seq_length: int) -> list[tuple[Span, ...]]:
-    """The blocks of documents with token counts `lengths`."""
-    lengths = np.asarray(lengths, dtype=np.int64)
-    ends = np.cumsum(lengths)
-    starts = ends - lengths
-    total = int(ends[-1]) if len(ends) else 0
-    blocks = []
-    for start in block_starts(total, seq_length):
-        stop = min(start + seq_length + 1, total)
-        first = int(np.searchsorted(ends, start, side="right"))  # the document holding token `start`
-        last = int(np.searchsorted(starts, stop, side="left"))  # documents starting before `stop`
-        blocks.append(tuple((d, max(start, int(starts[d])) - int(starts[d]), min(stop, int(ends[d])) - int(starts[d]))
-                            for d in range(first, last) if lengths[d] > 0))
-    return blocks
+    """Every block of documents with token counts `lengths`, as a list."""
+    return list(DocumentBlocks(lengths, seq_length))
 
 
 def block_samples(spans: Sequence[Span], store, reset_position_ids: bool) -> list[tuple[np.ndarray, np.ndarray]]:

@@ -8,7 +8,7 @@ from typing import Callable, Iterator
 import torch
 
 from mftcoder.config import TrainConfig
-from mftcoder.data.blocks import block_samples, build_blocks
+from mftcoder.data.blocks import DocumentBlocks, block_samples
 from mftcoder.data.cache import SampleStore, TokenizedData
 from mftcoder.data.collator import collate
 from mftcoder.data.packing import build_units
@@ -45,8 +45,8 @@ class BlockRows:
     def __init__(self, cfg: TrainConfig):
         self.seq_length, self.reset = cfg.seq_length, cfg.reset_position_ids
 
-    def train_units(self, store: SampleStore) -> list:
-        return build_blocks(store.lengths, self.seq_length)
+    def train_units(self, store: SampleStore) -> DocumentBlocks:
+        return DocumentBlocks(store.lengths, self.seq_length)
 
     valid_units = train_units
 
