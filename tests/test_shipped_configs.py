@@ -17,7 +17,7 @@ ACCELERATE_CONFIGS = sorted(glob.glob(os.path.join(REPO, "configs", "accelerate"
 def test_the_shipped_configs_are_found():
     names = {os.path.basename(p) for p in TRAIN_CONFIGS}
     assert {"demo_smollm2_lora.json", "example_lora.json", "example_qlora.json", "example_full.json",
-            "example_coba.json", "example_moe_lora.json", "example_dpo.json"} <= names
+            "example_coba.json", "example_moe_lora.json", "example_dpo.json", "example_pretrain.json"} <= names
     assert len(ACCELERATE_CONFIGS) >= 12  # six setups, each for one node and for several
 
 
