@@ -26,7 +26,6 @@ import argparse
 import contextlib
 import importlib.util
 import io
-import json
 import sys
 from pathlib import Path
 from string import Template
