@@ -1,4 +1,4 @@
-"""The `mftcoder` command: train, preprocess, config-schema, merge, generate, chat, eval."""
+"""The `mftcoder` command: train, preprocess, config-schema, merge, extend-vocab, generate, chat, eval."""
 from __future__ import annotations
 
 import argparse
@@ -18,6 +18,8 @@ VERSIONED_DEPENDENCIES = ("torch", "transformers", "peft", "accelerate", "deepsp
 MODULE_COMMANDS = (
     ("merge", "mftcoder.merge", "merge a LoRA/QLoRA adapter into its base model",
      "mftcoder merge --base ~/models/base --adapter runs/demo --output runs/demo-merged"),
+    ("extend-vocab", "mftcoder.model.vocab", "add tokens to a base model (a token list or a BPE trained on a corpus)",
+     "mftcoder extend-vocab --base ~/models/base --output runs/base-ext --train_corpus corpus/ --new_tokens 2000"),
     ("generate", "mftcoder.infer.generate", "answer a jsonl file of prompts",
      "mftcoder generate --model runs/demo-merged --input prompts.jsonl --output answers.jsonl --temperature 0"),
     ("chat", "mftcoder.infer.chat", "chat with a model in the terminal",

@@ -34,9 +34,9 @@ def build_tokenizer(vocab_size: int = 512):
     )
 
 
-def build_tiny_model(out_dir: str, arch: str = "llama", seed: int = 0) -> str:
+def build_tiny_model(out_dir: str, arch: str = "llama", seed: int = 0, tied: bool = False) -> str:
     """Write a ~140k-parameter Llama or Qwen2 model (or a Mixtral / Qwen2-MoE one with 4 experts, top-2) plus tokenizer
-    to `out_dir` and return it."""
+    to `out_dir` and return it. `tied`: lm_head shares the input embedding matrix (tie_word_embeddings)."""
     import torch
     from transformers import (LlamaConfig, LlamaForCausalLM, MixtralConfig, MixtralForCausalLM, Qwen2Config,
                               Qwen2ForCausalLM, Qwen2MoeConfig, Qwen2MoeForCausalLM)
@@ -49,7 +49,7 @@ def build_tiny_model(out_dir: str, arch: str = "llama", seed: int = 0) -> str:
         vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
         bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
-        tie_word_embeddings=False,
+        tie_word_embeddings=tied,
     )
     torch.manual_seed(seed)
     if arch == "llama":

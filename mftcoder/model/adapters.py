@@ -161,6 +161,14 @@ def adapter_base_differences(adapter_dir: str, base_dir: str, base_config, weigh
 
 
 # ---------------------------------------------------------------------------------------------- applying
+def _expected_keys(peft_model) -> set[str]:
+    """The trained tensors a complete adapter file holds: LoRA weights, fully trained modules and trainable token
+    rows, except those of a layer tied to another (a tied lm_head shares the embedding's, which peft saves once)."""
+    saved_parts = (".lora_", ".modules_to_save.", ".token_adapter.trainable_tokens_delta")
+    tied = tuple(f"{name}." for name, m in peft_model.named_modules() if getattr(m, "tied_adapter", None) is not None)
+    return {k for k in peft_model.state_dict() if any(p in k for p in saved_parts) and not (tied and k.startswith(tied))}
+
+
 def apply_adapter(model, adapter: str, weights: dict | None = None):
     """Wrap `model` with the adapter in `adapter` (a PeftModel in eval mode), strictly (see module docstring)."""
     from peft import PeftConfig, get_peft_model, set_peft_model_state_dict
@@ -172,7 +180,7 @@ def apply_adapter(model, adapter: str, weights: dict | None = None):
     config.base_model_name_or_path = getattr(model, "name_or_path", None) or config.base_model_name_or_path
     weights = load_adapter_weights(adapter_dir) if weights is None else weights
     peft_model = get_peft_model(model, config)
-    expected = {k for k in peft_model.state_dict() if ".lora_" in k or ".modules_to_save." in k}
+    expected = _expected_keys(peft_model)
     try:
         result = set_peft_model_state_dict(peft_model, weights)
     except RuntimeError as e:  # size mismatches: wrong base model or rank

@@ -112,10 +112,14 @@ def load_model(cfg: TrainConfig, *, mixed_precision: str = "no", device: torch.d
     if cfg.peft_type:
         from peft import LoraConfig, get_peft_model
 
+        from mftcoder.model.vocab_model import embedding_training_options
+
         task_type = "CAUSAL_LM" if head == "causal_lm" else "SEQ_CLS"  # SEQ_CLS trains and saves the new head too
         lora = LoraConfig(task_type=task_type, r=cfg.lora_rank, lora_alpha=cfg.lora_alpha,
                           lora_dropout=cfg.lora_dropout, target_modules=cfg.target_modules or "all-linear",
-                          modules_to_save=cfg.modules_to_save)
+                          modules_to_save=cfg.modules_to_save,
+                          **embedding_training_options(model, cfg.pretrained_model_path, cfg.train_new_tokens,
+                                                       cfg.modules_to_save))
         try:
             model = get_peft_model(model, lora)
         except ValueError as e:
