@@ -477,7 +477,7 @@ def check_tokenizer_files(path: str, trust_remote_code: bool = False, key: str =
         raise ConfigError(f"{key}: {problem}; copy the tokenizer files of the model it came from into it")
 
 
-def _resolve_builtin(path: str, key: str) -> str:
+def resolve_builtin(path: str, key: str) -> str:
     """A "builtin:" model name as its folder (the bundled SmolLM2, converted into the cache once); other paths as
     they are."""
     if not path.startswith("builtin:"):
@@ -491,11 +491,11 @@ def _resolve_builtin(path: str, key: str) -> str:
 
 def check_environment(cfg: TrainConfig) -> None:
     """Checks that need the file system or installed packages, still before any model loads."""
-    cfg.pretrained_model_path = _resolve_builtin(cfg.pretrained_model_path, "pretrained_model_path")
+    cfg.pretrained_model_path = resolve_builtin(cfg.pretrained_model_path, "pretrained_model_path")
     model_config = read_model_config(cfg.pretrained_model_path)
     check_tokenizer_files(cfg.pretrained_model_path, cfg.trust_remote_code)
     if cfg.reference_model_path:  # DPO's reference: a model folder too, checked before anything loads
-        cfg.reference_model_path = _resolve_builtin(cfg.reference_model_path, "reference_model_path")
+        cfg.reference_model_path = resolve_builtin(cfg.reference_model_path, "reference_model_path")
         read_model_config(cfg.reference_model_path, "reference_model_path")
     needs_bnb = cfg.peft_type == "qlora" or cfg.optimizer == "adamw_8bit"
     if needs_bnb and importlib.util.find_spec("bitsandbytes") is None:

@@ -127,7 +127,8 @@ def summary(record: dict) -> str:
 def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
     parser = parser or ArgumentParser(prog="mftcoder extend-vocab", description=__doc__.split("\n\n")[0])
     with_example(parser, EXAMPLE)
-    parser.add_argument("--base", required=True, help="base model directory (config.json, weights, tokenizer.json)")
+    parser.add_argument("--base", required=True, help="base model directory (config.json, weights, tokenizer.json), "
+                                                      "or builtin:smollm2-135m-instruct")
     parser.add_argument("--output", required=True, help="new directory for the extended model (must not exist, "
                                                          "or be empty)")
     parser.add_argument("--tokens", help="file of tokens to add, one per line (UTF-8; blank lines skipped)")
@@ -158,7 +159,10 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from mftcoder.config import resolve_builtin
+
     check_args(args)
+    args.base = resolve_builtin(args.base, "--base")  # "builtin:smollm2-135m-instruct" is converted once, then a folder
     record = extend_vocab(args)  # ConfigError (a bad --base) is a ValueError too
     print(summary(record))
     print(f"saved {os.path.abspath(args.output)}")
