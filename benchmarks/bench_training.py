@@ -437,7 +437,7 @@ def report(results: dict) -> str:
              ratio(b["rows_per_epoch"], a["rows_per_epoch"]), "lower"),
             ("optimizer steps per epoch", a["steps_per_epoch"], b["steps_per_epoch"],
              ratio(b["steps_per_epoch"], a["steps_per_epoch"]), "lower"),
-            (f"fwd+bwd: samples / non-pad tokens", f"{ta['samples']} / {ta['tokens']:,}",
+            ("fwd+bwd: samples / non-pad tokens", f"{ta['samples']} / {ta['tokens']:,}",
              f"{tb['samples']} / {tb['tokens']:,}", None, "same"),
             ("fwd+bwd: positions computed", ta["positions"], tb["positions"],
              ratio(tb["positions"], ta["positions"]), "lower"),

@@ -10,7 +10,6 @@ import pytest
 import torch
 
 from mftcoder.config import ConfigError
-from mftcoder.data.collator import collate
 from mftcoder.loss.cross_entropy import ForwardLosses
 from mftcoder.objectives import OBJECTIVES, SFTObjective, make_objective, objective_class
 from mftcoder.trainer.state import LoopState, StopReason

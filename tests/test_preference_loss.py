@@ -10,7 +10,6 @@ import os
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 
 from mftcoder.config import ConfigError
 from mftcoder.data.collator import collate_pairs

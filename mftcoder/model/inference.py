@@ -5,7 +5,6 @@
 """
 from __future__ import annotations
 
-import os
 
 from mftcoder.config import read_model_config
 
