@@ -3,6 +3,7 @@ split across blocks and never truncated, the counts in data_stats.json add up, b
 from __future__ import annotations
 
 import json
+import os
 import random
 
 import numpy as np
@@ -211,3 +212,15 @@ def test_fim_without_sentinels_is_one_clear_error(tmp_path, tok):
         load_or_build(pretrain_cfg(tmp_path, [path], fim_rate=0.1,
                                    fim_tokens={"prefix": "<p>", "middle": "<m>", "suffix": "<s>"}), tok,
                       num_workers=1, progress=False)
+
+
+def test_tokenising_jobs_are_bounded_in_bytes_as_well_as_lines(tmp_path):
+    from mftcoder.data.tasks import resolve_tasks
+    from mftcoder.data.tokenise import read_jobs
+
+    big = "x = 1\n" * 20_000  # ~140 kB per line once JSON-escaped
+    path = write_docs(tmp_path / "t" / "docs.jsonl", [big] * 10)
+    jobs = list(read_jobs(resolve_tasks(pretrain_cfg(tmp_path, [path])), chunk_lines=256, chunk_bytes=300_000))
+    assert [len(j.lines) for j in jobs] == [3, 3, 3, 1]
+    assert [n for j in jobs for n, _ in j.lines] == list(range(1, 11))
+    assert sum(j.nbytes for j in jobs) == os.path.getsize(path)

@@ -174,8 +174,10 @@ def encode_job(job: Job) -> tuple[Job, list[LineResult]]:
     return Job(job.task_id, job.path, [], job.nbytes), results
 
 
-def read_jobs(tasks: list[Task], chunk_lines: int = 256) -> Iterator[Job]:
-    """Chunks of raw lines in task, file and line order (the order results are consumed in); gzip files read too."""
+def read_jobs(tasks: list[Task], chunk_lines: int = 256, chunk_bytes: int = 4 << 20) -> Iterator[Job]:
+    """Chunks of raw lines in task, file and line order (the order results are consumed in); gzip files read too.
+    A chunk ends at `chunk_lines` lines or `chunk_bytes` bytes, so the jobs in flight hold bounded memory even when
+    every line is a long document."""
     for task in tasks:
         for path in task.files:
             if is_text_file(path):  # one document: one job of one "line"
@@ -184,12 +186,13 @@ def read_jobs(tasks: list[Task], chunk_lines: int = 256) -> Iterator[Job]:
                 yield Job(task.task_id, path, [(1, data)], len(data))
                 continue
             buf: list[tuple[int, bytes]] = []
-            reported = done = 0
+            reported = done = size = 0
             for lineno, data, done in iter_raw_lines(path):
                 buf.append((lineno, data))
-                if len(buf) >= chunk_lines:
+                size += len(data)
+                if len(buf) >= chunk_lines or size >= chunk_bytes:
                     yield Job(task.task_id, path, buf, done - reported)
-                    buf, reported = [], done
+                    buf, reported, size = [], done, 0
             if buf:
                 yield Job(task.task_id, path, buf, done - reported)
 
