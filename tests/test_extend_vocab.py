@@ -336,3 +336,17 @@ def test_qlora_train_new_tokens_trains_the_new_rows(listed_bases, tmp_path):
         assert torch.equal(after[:512], before[:512])
         assert all(not torch.equal(after[i], before[i]) for i in record["new_token_ids"])
     assert _logits(merged, AutoTokenizer.from_pretrained(model_dir)).isfinite().all()
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_full_fine_tuning_after_extension_trains_the_new_rows_and_stays_tied(listed_bases, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    record, model_dir = listed_bases[True]
+    out = _train_new_tokens(model_dir, tmp_path, peft_type=None, train_new_tokens=False)
+    base = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    trained = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32)
+    assert trained.lm_head.weight is trained.get_input_embeddings().weight and trained.config.tie_word_embeddings
+    after, before = trained.get_input_embeddings().weight, base.get_input_embeddings().weight
+    assert after.shape == before.shape == (516, 64)
+    assert all(not torch.equal(after[i], before[i]) for i in record["new_token_ids"])
