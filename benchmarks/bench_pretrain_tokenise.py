@@ -46,7 +46,7 @@ for _p in (REPO, HERE):
     if _p not in sys.path:
         sys.path.insert(0, _p)
 
-from bench_training import _fmt, _reset_peak_rss, _status_kib, ratio  # noqa: E402  (shared house helpers)
+from bench_training import _fmt, _reset_peak_rss, _status_kib, ratio, write_results  # noqa: E402  (shared helpers)
 
 VARIANTS = ("naive", "one", "all")
 TASKS = (("code", "jsonl", 0.45), ("prose", "jsonl", 0.35), ("notes", "txt", 0.20))  # name, format, share of bytes
@@ -222,14 +222,6 @@ def _array_digest(arr) -> str:
     return h.hexdigest()
 
 
-def file_digest(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _cpu_s(who) -> float:
     u = resource.getrusage(who)
     return u.ru_utime + u.ru_stime
@@ -275,6 +267,8 @@ def run_variant(variant: str, corpus: str, tokenizer_path: str, workers: int, ou
     if variant == "naive":
         ids_digest, files = _array_digest(payload), {}
     else:
+        from mftcoder.data.cache import file_digest
+
         ids_digest = _array_digest(np.load(os.path.join(payload, "ids.npy"), mmap_mode="r"))
         files = {n: file_digest(os.path.join(payload, f"{n}.npy")) for n in ("ids", "mask", "index")}
     tokens = summary["tokens"]
@@ -463,10 +457,7 @@ def main(argv=None) -> int:
     results["invariants"] = invariants(variants, manifest)
     print(f"{os.cpu_count()} CPUs, {args.workers} workers in 'all'{', quick' if args.quick else ''}\n")
     print(report(results))
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(results, f, indent=1)
-        print(f"\nwrote {args.json}")
+    write_results(results, args.json)
     return 0
 
 

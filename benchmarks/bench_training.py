@@ -539,11 +539,16 @@ def main(argv=None) -> int:
     print(f"model {args.model}, {args.threads} thread(s), {os.cpu_count()} CPUs, torch {results['machine']['torch']}"
           f"{', quick' if args.quick else ''}\n")
     print(report(results))
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(results, f, indent=1)
-        print(f"\nwrote {args.json}")
+    write_results(results, args.json)
     return 0
+
+
+def write_results(results: dict, path) -> None:
+    """The results as JSON at `path` (--json), if one was given."""
+    if path:
+        with open(path, "w") as f:
+            json.dump(results, f, indent=1)
+        print(f"\nwrote {path}")
 
 
 if __name__ == "__main__":
