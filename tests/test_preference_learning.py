@@ -111,7 +111,7 @@ def _valid_batch(cfg, packed: bool) -> dict:
     from mftcoder.data.template import attach_chat_template, get_template
     from mftcoder.model.tokenizer import load_tokenizer
     from mftcoder.objectives import make_objective
-    from mftcoder.trainer.batches import TrainBatches, eval_units
+    from mftcoder.trainer.batches import TrainBatches
 
     tokenizer = load_tokenizer(cfg.pretrained_model_path)
     attach_chat_template(tokenizer, get_template(cfg.template, tokenizer, cfg.role_markers))
@@ -120,7 +120,7 @@ def _valid_batch(cfg, packed: bool) -> dict:
     objective = make_objective("reward", cfg, len(data.tasks), chunked=False)
     batches = TrainBatches(data, cfg, 0, 1, tokenizer.pad_token_id, collate_fn=objective.collate,
                            samples_per_item=objective.samples_per_item)
-    return batches.collate_items([("valid", unit) for unit in eval_units(data, objective.samples_per_item)])
+    return batches.collate_items([("valid", unit) for unit in batches.eval_units()])
 
 
 def _rendered_answers(tokenizer) -> dict:

@@ -121,10 +121,11 @@ def test_chat_lines_are_documents_with_every_token_trained(tmp_path, tok):
     line = {"chat_rounds": [{"role": "human", "content": "hi"}, {"role": "bot", "content": "hello"}]}
     path = tmp_path / "c" / "c.jsonl"
     path.parent.mkdir()
-    path.write_text(json.dumps(line) + "\n")
+    path.write_text(json.dumps(line) + "\n" + json.dumps({**line, "text": ""}) + "\n")  # the chat wins
     data = load_or_build(pretrain_cfg(tmp_path, [path.parent]), tok, num_workers=1, progress=False)
     ids, mask = data.tasks[0].train[0]
-    assert mask.all() and tok.decode(ids.tolist()).count("hello") == 1 and data.stats["tasks"]["c"]["plain"] == 1
+    assert mask.all() and tok.decode(ids.tolist()).count("hello") == 1
+    assert (data.stats["tasks"]["c"]["plain"], data.stats["tasks"]["c"]["empty"]) == (2, 0)
 
 
 def test_a_non_utf8_text_file_is_named_with_its_line(tmp_path, tok):

@@ -206,7 +206,8 @@ class _CacheWriter:
             f.close()
 
 
-def _build(cfg: TrainConfig, tasks: list[Task], tokenizer, out_dir: str, num_workers: int, progress: bool) -> dict:
+def _build(cfg: TrainConfig, settings: EncodeSettings, tasks: list[Task], tokenizer, out_dir: str, num_workers: int,
+           progress: bool) -> dict:
     from tqdm import tqdm
 
     stats = _new_stats(cfg, tasks)
@@ -215,7 +216,7 @@ def _build(cfg: TrainConfig, tasks: list[Task], tokenizer, out_dir: str, num_wor
     bar = tqdm(total=total_bytes, desc="tokenising", unit="B", unit_scale=True, disable=not progress,
                dynamic_ncols=True)
     writer = _CacheWriter(out_dir)
-    results = tokenise_tasks(tasks, tokenizer, EncodeSettings.from_config(cfg), num_workers)
+    results = tokenise_tasks(tasks, tokenizer, settings, num_workers)
     try:
         for job, lines in results:
             name = tasks[job.task_id].name
@@ -295,7 +296,7 @@ def load_or_build(cfg: TrainConfig, tokenizer, *, num_workers: Optional[int] = N
     tmp = tempfile.mkdtemp(prefix=f".{fingerprint}.tmp-", dir=root)
     try:
         workers = num_workers or cfg.preprocessing_num_workers or os.cpu_count() or 1
-        stats = _build(cfg, tasks, tokenizer, tmp, workers, progress)
+        stats = _build(cfg, settings, tasks, tokenizer, tmp, workers, progress)
         with open(os.path.join(tmp, "meta.json"), "w") as f:
             json.dump({"fingerprint": fingerprint, "inputs": inputs, "stats": stats}, f, indent=1)
         try:

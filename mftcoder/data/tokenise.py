@@ -129,9 +129,12 @@ class LineEncoder:
             if not key.strip():
                 return LineResult(lineno, "blank")
             obj = load_json_line(key, where)
-            if is_empty_text(obj):
-                return LineResult(lineno, "empty", reason=f"{where}: empty text")
-            conv = parse_record(obj, where, require_assistant_last=False)
+            try:
+                conv = parse_record(obj, where, require_assistant_last=False)
+            except DataFormatError:
+                if is_empty_text(obj):  # a text document with nothing in it: counted, not an error
+                    return LineResult(lineno, "empty", reason=f"{where}: empty text")
+                raise
             if conv.kind != "text":
                 ids = np.asarray(self._render(conv, where).input_ids, dtype=np.int32)
                 return LineResult(lineno, "ok", ((ids, np.ones_like(ids, dtype=np.uint8)),),

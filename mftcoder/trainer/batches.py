@@ -113,11 +113,6 @@ class TrainBatches:
         return batch
 
 
-def eval_units(data: TokenizedData, samples_per_item: int = 1) -> list[tuple[int, int]]:
-    """Every validation item (a sample, or a pair) once, one item a unit."""
-    return [(t, i) for t in range(len(data.tasks)) for i in range(len(data.tasks[t].valid) // samples_per_item)]
-
-
 def shard_eval(units: list, rank: int, world: int, batch_size: int) -> tuple[list[list], int]:
     """This rank's evaluation batches, and how many every rank runs (the same count everywhere, so sharded models that
     gather parameters in forward never wait on a rank that ran out of data; extra batches are dummies)."""
