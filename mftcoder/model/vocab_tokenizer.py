@@ -80,12 +80,13 @@ def corpus_files(path: str) -> list[str]:
 
 def iter_corpus(path: str) -> Iterator[str]:
     """Documents of the corpus: a whole .txt file, or the "text" of each .jsonl line; empty ones are skipped."""
+    from mftcoder.data.documents import decode_text_file  # the pretraining reader of a .txt document (BOM dropped)
     from mftcoder.jsonl import iter_json_objects
 
     for file in corpus_files(path):
         if file.endswith(".txt"):
             with open(file, "rb") as f:
-                text = _decode_utf8(file, f.read())
+                text = decode_text_file(f.read(), file)
             if text.strip():
                 yield text
             continue
