@@ -56,7 +56,7 @@ class DocumentTokenizer:
         if fim is not None and fim.rate > 0:
             from mftcoder.data.fim import FimEncoder
 
-            self.fim = FimEncoder(tokenizer, fim.tokens, fim.rate, fim.spm_rate, fim.seed)
+            self.fim = FimEncoder(tokenizer, fim.tokens, fim.rate, fim.spm_rate, fim.seed, eos_id=self.eos_id)
 
     def encode(self, text: str) -> tuple[np.ndarray, str]:
         if self.fim is not None:

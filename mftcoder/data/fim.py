@@ -209,25 +209,28 @@ class FimEncoder:
             raise ValueError("the tokenizer has no eos token, which ends every FIM sample; set eos_token in the "
                              "model's tokenizer_config.json")
 
-    def _enc(self, text: str) -> list[int]:
-        return self.tokenizer(text, add_special_tokens=False)["input_ids"] if text else []
-
     def encode(self, text: str) -> tuple[list[int], str]:
         s = fim_sample(text, self.seed, self.rate, self.spm_rate)
         pre, mid, suf = self.tokens.ids
         if s.mode == "plain":
-            ids = self._enc(text)
-        elif s.mode == "psm":
-            ids = [pre, *self._enc(s.prefix), suf, *self._enc(s.suffix), mid, *self._enc(s.middle)]
+            ids = _encode(self.tokenizer, text)
+        elif s.mode == "psm":  # the inference prompt (`fim_prompt_ids`), then the middle it asks for
+            ids = [*fim_prompt_ids(self.tokenizer, self.tokens, s.prefix, s.suffix), *_encode(self.tokenizer, s.middle)]
         else:  # spm: prefix and middle tokenised apart, so the cut is at the same place as in PSM
-            ids = [pre, suf, *self._enc(s.suffix), mid, *self._enc(s.prefix), *self._enc(s.middle)]
+            ids = [pre, suf, *_encode(self.tokenizer, s.suffix), mid, *_encode(self.tokenizer, s.prefix),
+                   *_encode(self.tokenizer, s.middle)]
         return ids + [self.eos_id], s.mode
+
+
+def _encode(tokenizer, text: str) -> list[int]:
+    """One piece on its own, so a sentinel never merges with the text beside it."""
+    return tokenizer(text, add_special_tokens=False)["input_ids"] if text else []
 
 
 def fim_prompt_ids(tokenizer, tokens: FimTokens, prefix: str, suffix: str) -> list[int]:
     """The PSM prompt that asks for the middle: [PRE] prefix [SUF] suffix [MID] (no bos, as training has none)."""
-    enc = lambda s: tokenizer(s, add_special_tokens=False)["input_ids"] if s else []  # noqa: E731
-    return [tokens.prefix_id, *enc(prefix), tokens.suffix_id, *enc(suffix), tokens.middle_id]
+    return [tokens.prefix_id, *_encode(tokenizer, prefix), tokens.suffix_id, *_encode(tokenizer, suffix),
+            tokens.middle_id]
 
 
 # ---------------------------------------------------------------------------------------------- the inverse
