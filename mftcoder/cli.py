@@ -1,4 +1,4 @@
-"""The `mftcoder` command: train, preprocess, config-schema, merge, extend-vocab, generate, chat, eval."""
+"""The `mftcoder` command: train, preprocess, config-schema, merge, extend-vocab, generate, chat, serve, eval."""
 from __future__ import annotations
 
 import argparse
@@ -24,6 +24,8 @@ MODULE_COMMANDS = (
      "mftcoder generate --model runs/demo-merged --input prompts.jsonl --output answers.jsonl --temperature 0"),
     ("chat", "mftcoder.infer.chat", "chat with a model in the terminal",
      'mftcoder chat --model runs/demo-merged --system "You are a coding assistant."'),
+    ("serve", "mftcoder.serve.command", "serve a model: OpenAI-compatible API and a web chat",
+     "mftcoder serve --model runs/demo-merged --port 8000"),
 )
 HUMANEVAL_EXAMPLE = """\
 mftcoder eval humaneval --model runs/demo-merged --n 1 --temperature 0 --k 1 --output results.json

@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Callable, Sequence
 
 StopChecker = Callable[[str], "int | None"]  # text so far -> index where the answer ends, or None
+TokenPicker = Callable[..., object]  # (logits [rows, vocab], original row indices) -> next token ids [rows]
 
 
 @dataclass
@@ -126,6 +127,22 @@ def pick_tokens(logits, settings: GenerationSettings, generator):
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
 
 
+class RowSampler:
+    """A `decode_batch` picker for rows that sample differently (a server's requests share one batch): each row
+    has its own settings (temperature, top_p, top_k) and its own seeded generator, so a row's tokens do not
+    depend on which other rows share its batch. Greedy rows take the argmax."""
+
+    def __init__(self, settings: Sequence[GenerationSettings], generators: Sequence):
+        self.settings, self.generators = list(settings), list(generators)
+
+    def __call__(self, logits, rows: Sequence[int]):
+        next_ids = logits.argmax(-1)
+        for pos, row in enumerate(rows):
+            if not self.settings[row].greedy:
+                next_ids[pos] = pick_tokens(logits[pos:pos + 1], self.settings[row], self.generators[row])[0]
+        return next_ids
+
+
 # ---------------------------------------------------------------------------------------------- decoding
 def _seen_tokens(model, input_ids, attention_mask):
     """[rows, vocab] mask of the prompt tokens of each row (padding left out), for the repetition penalty."""
@@ -138,13 +155,15 @@ def _seen_tokens(model, input_ids, attention_mask):
 
 def decode_batch(model, input_ids, attention_mask, settings: GenerationSettings, eos_ids: Sequence[int],
                  is_stopped: Callable[[int, list[int]], bool], generator=None,
-                 streamer=None) -> tuple[list[list[int]], list[str]]:
+                 streamer=None, picker: "TokenPicker | None" = None) -> tuple[list[list[int]], list[str]]:
     """Left-padded batch -> new token ids per row (eos excluded) and why each row ended.
 
     A KV-cache decoding loop like `model.generate`, except that a row that ends (eos, stop, or the custom
     `is_stopped(row, ids)`) leaves the batch at once, with its cache rows: the long tail of a batch runs at
     the size of the rows still going instead of the full batch. `streamer` (a transformers TextStreamer, for
-    a batch of one) receives each new token as it is chosen.
+    a batch of one) receives each new token as it is chosen. `picker(logits, rows)` chooses the next token of
+    each row still going (`rows`: their original indices), for a server whose rows sample differently; the
+    default picks every row with `settings` and `generator`. `is_stopped` sees every new token of every row.
     """
     if streamer is not None and input_ids.shape[0] != 1:
         raise ValueError("streaming needs a batch of one row")
@@ -168,7 +187,7 @@ def decode_batch(model, input_ids, attention_mask, settings: GenerationSettings,
     for step in range(settings.max_new_tokens):
         if penalty:
             logits = penalize_repeats(logits, seen, penalty)
-        next_ids = pick_tokens(logits, settings, generator)
+        next_ids = picker(logits, active) if picker else pick_tokens(logits, settings, generator)
         keep = []
         for pos, (row, token) in enumerate(zip(active, next_ids.tolist())):
             if token in eos:
@@ -236,8 +255,11 @@ def clean_text(tokenizer, ids: list[int], stops: Sequence[str], checker: StopChe
     """Decoded answer cut before its stop, without the special tokens the model emitted (pad, bos)."""
     text = tokenizer.decode(ids, skip_special_tokens=False)
     cut = first_stop(text, stops, checker)
-    if cut is not None:
-        text = text[:cut]
+    return strip_special_tokens(tokenizer, text if cut is None else text[:cut])
+
+
+def strip_special_tokens(tokenizer, text: str) -> str:
+    """`text` without the special tokens' strings (pad, bos, eos) a model may emit."""
     for special in getattr(tokenizer, "all_special_tokens", []):
         if special and special in text:
             text = text.replace(special, "")

@@ -169,9 +169,15 @@ def _expected_keys(peft_model) -> set[str]:
     return {k for k in peft_model.state_dict() if any(p in k for p in saved_parts) and not (tied and k.startswith(tied))}
 
 
-def apply_adapter(model, adapter: str, weights: dict | None = None):
-    """Wrap `model` with the adapter in `adapter` (a PeftModel in eval mode), strictly (see module docstring)."""
-    from peft import PeftConfig, get_peft_model, set_peft_model_state_dict
+def _of_adapter(key: str, name: str) -> bool:
+    """Whether a PeftModel state-dict key belongs to adapter `name` (`lora_A.<name>.weight`, `...delta.<name>`)."""
+    return f".{name}." in key or key.endswith(f".{name}")
+
+
+def apply_adapter(model, adapter: str, weights: dict | None = None, adapter_name: str = "default"):
+    """Wrap `model` with the adapter in `adapter` (a PeftModel in eval mode), strictly (see module docstring).
+    `model` may already be a PeftModel: the adapter is added beside the others under `adapter_name`."""
+    from peft import PeftConfig, PeftModel, get_peft_model, set_peft_model_state_dict
 
     adapter_dir = find_adapter_dir(adapter)
     config = PeftConfig.from_pretrained(adapter_dir)
@@ -179,10 +185,14 @@ def apply_adapter(model, adapter: str, weights: dict | None = None):
     # the base was checked by the caller (adapter_base_differences); peft would only warn about a moved path
     config.base_model_name_or_path = getattr(model, "name_or_path", None) or config.base_model_name_or_path
     weights = load_adapter_weights(adapter_dir) if weights is None else weights
-    peft_model = get_peft_model(model, config)
-    expected = _expected_keys(peft_model)
+    if isinstance(model, PeftModel):
+        model.add_adapter(adapter_name, config)
+        peft_model = model
+    else:
+        peft_model = get_peft_model(model, config, adapter_name=adapter_name)
+    expected = {k for k in _expected_keys(peft_model) if _of_adapter(k, adapter_name)}
     try:
-        result = set_peft_model_state_dict(peft_model, weights)
+        result = set_peft_model_state_dict(peft_model, weights, adapter_name=adapter_name)
     except RuntimeError as e:  # size mismatches: wrong base model or rank
         raise AdapterMismatchError(f"adapter {adapter_dir} does not fit this base model: {e}") from None
     except KeyError as e:  # peft looks up each modules_to_save tensor (e.g. a reward model's head) unchecked
@@ -200,12 +210,11 @@ def apply_adapter(model, adapter: str, weights: dict | None = None):
     return peft_model
 
 
-def merge_adapter_into(model, base_dir: str, adapter: str, tokenizer, force: bool = False):
-    """`model` with `adapter` merged in (same logits as the PeftModel, plain modules), after checking that the
-    adapter was trained on this base (`--force` turns a mismatch into a warning)."""
+def checked_adapter_weights(model, base_dir: str, adapter_dir: str, tokenizer) -> tuple[dict, str | None]:
+    """(the adapter's tensors, what says it was not trained on this base or None); the model's embeddings grow
+    to the tokenizer when training added tokens."""
     from mftcoder.model.tokenizer import has_tokenizer_files, load_tokenizer
 
-    adapter_dir = find_adapter_dir(adapter)
     weights = load_adapter_weights(adapter_dir)
     own_tokenizer = tokenizer if has_tokenizer_files(adapter_dir) else None
     base_tokenizer = load_tokenizer(base_dir, require_fast=False) if has_tokenizer_files(base_dir) else None
@@ -214,10 +223,34 @@ def merge_adapter_into(model, base_dir: str, adapter: str, tokenizer, force: boo
                                            base_tokenizer, rows)
     if len(tokenizer) > rows:
         model.resize_token_embeddings(len(tokenizer))  # training added tokens; the adapter carries their rows
+    mismatch = f"adapter {adapter_dir} was not trained on base {base_dir}: {'; '.join(differences)}"
+    return weights, mismatch if differences else None
+
+
+def _refuse_or_warn(mismatch: str | None, force: bool) -> None:
+    if mismatch and not force:
+        raise AdapterMismatchError(f"{mismatch}. Give the base it was trained on, or pass --force to apply it anyway")
+    if mismatch:
+        print(f"warning: {mismatch}; applying it anyway (--force)", file=sys.stderr)
+
+
+def merge_adapter_into(model, base_dir: str, adapter: str, tokenizer, force: bool = False):
+    """`model` with `adapter` merged in (same logits as the PeftModel, plain modules), after checking that the
+    adapter was trained on this base (`--force` turns a mismatch into a warning)."""
+    adapter_dir = find_adapter_dir(adapter)
+    weights, mismatch = checked_adapter_weights(model, base_dir, adapter_dir, tokenizer)
     peft_model = apply_adapter(model, adapter_dir, weights)  # saved tensors that fit nowhere: an error even forced
-    message = f"adapter {adapter_dir} was not trained on base {base_dir}: {'; '.join(differences)}"
-    if differences and not force:
-        raise AdapterMismatchError(f"{message}. Give the base it was trained on, or pass --force to apply it anyway")
-    if differences:
-        print(f"warning: {message}; applying it anyway (--force)", file=sys.stderr)
+    _refuse_or_warn(mismatch, force)
     return peft_model.merge_and_unload()
+
+
+def attach_adapters(model, base_dir: str, adapters: dict[str, str], tokenizers: dict, force: bool = False):
+    """A PeftModel holding every adapter of `adapters` ({name: dir}) unmerged, each under its name, for a server
+    that switches between them per batch (`set_adapter`; `disable_adapter()` gives the base)."""
+    peft_model = model
+    for name, adapter in adapters.items():
+        adapter_dir = find_adapter_dir(adapter)
+        weights, mismatch = checked_adapter_weights(model, base_dir, adapter_dir, tokenizers[name])
+        peft_model = apply_adapter(peft_model, adapter_dir, weights, adapter_name=name)
+        _refuse_or_warn(mismatch, force)
+    return peft_model

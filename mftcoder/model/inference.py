@@ -69,3 +69,33 @@ def load_for_inference(model_dir: str, adapter: str | None = None, dtype: str = 
         model = merge_adapter_into(model, model_dir, adapter_dir, tokenizer, force)
     model.to(device).eval()
     return model, tokenizer
+
+
+def load_with_adapters(model_dir: str, adapters: dict[str, str], dtype: str = "auto", device: str = "auto",
+                       threads: int | None = None, force: bool = False):
+    """(a PeftModel holding every adapter of {name: dir} unmerged, the base tokenizer, {name: its tokenizer}) for
+    a server that switches adapters per request. Every adapter must keep the base's vocabulary size."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from mftcoder.model.adapters import attach_adapters, find_adapter_dir
+    from mftcoder.model.tokenizer import load_tokenizer
+
+    if threads:
+        torch.set_num_threads(threads)
+    device = resolve_device(device)
+    config = load_config(model_dir)
+    dirs = {name: find_adapter_dir(path) for name, path in adapters.items()}
+    base_tokenizer = load_tokenizer(model_dir, padding_side="left", require_fast=False)
+    tokenizers = {name: load_tokenizer(model_dir, adapter=d, padding_side="left", require_fast=False)
+                  for name, d in dirs.items()}
+    grown = {name: len(t) for name, t in tokenizers.items() if len(t) != len(base_tokenizer)}
+    if grown:
+        raise ValueError(f"--adapter: {', '.join(f'{n} ({v} tokens)' for n, v in grown.items())} changed the "
+                         f"vocabulary of the base ({len(base_tokenizer)} tokens), so it cannot share the base "
+                         "unmerged; serve it alone (--adapter DIR) or merge it (mftcoder merge)")
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=resolve_dtype(dtype, getattr(config, "dtype", None),
+                                                                                  device))
+    model = attach_adapters(model, model_dir, dirs, tokenizers, force)
+    model.to(device).eval()
+    return model, base_tokenizer, tokenizers
