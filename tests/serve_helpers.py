@@ -69,5 +69,5 @@ def chat_body(model: str, content: str, **fields) -> dict:
     return {"model": model, "messages": [{"role": "user", "content": content}], **fields}
 
 
-def post(server: ServerProcess, route: str, body, **kwargs) -> httpx.Response:
-    return httpx.post(f"{server.api}/{route}", json=body, timeout=60, **kwargs)
+def post(server: ServerProcess, route: str, body, timeout: float = 60, **kwargs) -> httpx.Response:
+    return httpx.post(f"{server.api}/{route}", json=body, timeout=timeout, **kwargs)

@@ -105,6 +105,8 @@ def test_n_seed_and_stop(client):
 @pytest.mark.parametrize("call, status, code", [
     (lambda c: c.chat.completions.create(model="gpt-4", messages=[{"role": "user", "content": "hi"}]), 404,
      "model_not_found"),
+    (lambda c: c.chat.completions.create(model="../../etc/passwd", messages=[{"role": "user", "content": "hi"}]),
+     404, "model_not_found"),  # a model is a served name, never a path the request names
     (lambda c: c.chat.completions.create(model=NAME, messages=[{"role": "user", "content": "hi"}], max_tokens=-5),
      400, None),
     (lambda c: c.chat.completions.create(model=NAME, messages=[{"role": "user", "content": "word " * 400}]), 400,

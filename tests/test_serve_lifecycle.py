@@ -9,6 +9,7 @@ import threading
 import time
 
 import httpx
+import pytest
 
 from serve_helpers import chat_body, post, start_server
 
@@ -28,7 +29,7 @@ def wait_for(condition, timeout: float = 30.0) -> bool:
 
 def test_queue_limit_gives_429_and_a_disconnect_frees_the_slot(tiny_chat_model_dir, tmp_path):
     with start_server(tiny_chat_model_dir, "--served_model_name", "tiny", "--max_queue", "1",
-                      "--max_batch_size", "1", log_dir=str(tmp_path)) as server:
+                      "--max_batch_size", "1", "--max_n", "32", log_dir=str(tmp_path)) as server:
         body = chat_body("tiny", "hi", max_tokens=470, temperature=0, stream=True)  # greedy runs to 470 tokens
         with httpx.stream("POST", f"{server.api}/chat/completions", json=body, timeout=60) as long:
             lines = long.iter_lines()
@@ -42,6 +43,12 @@ def test_queue_limit_gives_429_and_a_disconnect_frees_the_slot(tiny_chat_model_d
         assert health(server)["cancelled"] == 1
         ok = post(server, "chat/completions", chat_body("tiny", "hi", max_tokens=2))
         assert ok.status_code == 200 and ok.json()["usage"]["completion_tokens"] == 2
+        # a non-streaming client that gives up is noticed too (the server polls for the disconnect)
+        with pytest.raises(httpx.ReadTimeout):
+            post(server, "chat/completions", chat_body("tiny", "hi", max_tokens=470, n=32, temperature=0.5),
+                 timeout=0.3)
+        assert wait_for(lambda: health(server)["cancelled"] == 2)
+        assert health(server)["pending"] == 0
 
 
 def _read_stream(server, body: dict, got_first: threading.Event, result: dict) -> None:

@@ -27,7 +27,7 @@ from mftcoder.serve.scheduler import Delta, Failed, Finished, Job
 from mftcoder.serve.service import Service
 
 log = logging.getLogger(__name__)
-DISCONNECT_POLL_S = 0.5  # how often a non-streaming request checks that its client is still there
+DISCONNECT_POLL_S = 0.25  # how often a non-streaming request checks that its client is still there
 
 
 # ---------------------------------------------------------------------------------------------- guards
@@ -112,7 +112,7 @@ def _install_error_handlers(app: FastAPI) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- the bridge
-def submit(service: Service, served, prompt_ids: list[int], sampling) -> tuple[Job, asyncio.Queue]:
+def submit(service: Service, served, prompt_ids: list[int], sampling, stream: bool) -> tuple[Job, asyncio.Queue]:
     """Admit a job; its events arrive on the returned queue (put there from the worker thread)."""
     loop = asyncio.get_running_loop()
     events: asyncio.Queue = asyncio.Queue()
@@ -121,7 +121,7 @@ def submit(service: Service, served, prompt_ids: list[int], sampling) -> tuple[J
         with contextlib.suppress(RuntimeError):  # the loop has closed: nobody is listening any more
             loop.call_soon_threadsafe(events.put_nowait, event)
 
-    job = Job(served, prompt_ids, sampling, sink)
+    job = Job(served, prompt_ids, sampling, sink, stream=stream)
     service.submit(job)
     return job, events
 
@@ -217,7 +217,7 @@ async def stream_events(shape, rid: str, name: str, job: Job, events: asyncio.Qu
 
 async def answer(service: Service, shape, request, raw: Request, served, prompt_ids: list[int]):
     sampling = service.sampling(served, request, len(prompt_ids))
-    job, events = submit(service, served, prompt_ids, sampling)
+    job, events = submit(service, served, prompt_ids, sampling, request.stream)
     rid = protocol.new_id("chatcmpl" if shape is ChatShape else "cmpl")
     if request.stream:
         return StreamingResponse(stream_events(shape, rid, served.name, job, events, len(prompt_ids),

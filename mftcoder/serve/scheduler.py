@@ -76,6 +76,7 @@ class Job:
     prompt_ids: list[int]
     sampling: Sampling
     sink: Callable[[object], None]
+    stream: bool = True  # False: no Delta events, only each choice's Finished
     cancelled: threading.Event = field(default_factory=threading.Event)
 
     def cancel(self) -> None:
@@ -113,6 +114,8 @@ class RowStream:
         if len(ids) >= self.job.sampling.max_tokens:
             self.finish(ids, "length")
             return True
+        if not self.job.stream:
+            return False
         visible = strip_special_tokens(self.tokenizer, text[:len(text) - _held_back(text, self.stops)])
         if len(visible) > len(self.sent) and visible.startswith(self.sent):
             self.job.sink(Delta(self.choice, visible[len(self.sent):]))
@@ -127,7 +130,7 @@ class RowStream:
         text = clean_text(self.tokenizer, ids, self.stops, None)
         # a tokenizer whose decoding of a longer prefix rewrote text already sent cannot take it back: the
         # Finished event carries the whole answer, which is what non-streaming clients get
-        if text.startswith(self.sent) and len(text) > len(self.sent):
+        if self.job.stream and text.startswith(self.sent) and len(text) > len(self.sent):
             self.job.sink(Delta(self.choice, text[len(self.sent):]))
             self.sent = text
         self.job.sink(Finished(self.choice, reason, text, len(ids)))
