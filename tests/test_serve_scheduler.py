@@ -24,11 +24,14 @@ def served(tiny_chat_model_dir):
 class Recorder:
     """A job's sink: every event, and a way to wait for the job's end."""
 
-    def __init__(self, n: int = 1):
+    def __init__(self, n: int = 1, label: str = "", order: list | None = None):
         self.events, self.n, self.done = [], n, threading.Event()
+        self.label, self.order = label, order if order is not None else []
 
     def __call__(self, event):
         self.events.append(event)
+        if isinstance(event, Finished):
+            self.order.append(self.label)
         if isinstance(event, Failed) or sum(isinstance(e, Finished) for e in self.events) == self.n:
             self.done.set()
 
@@ -75,13 +78,51 @@ def test_a_batch_decodes_every_request_as_it_would_alone(served):
     limits = [12, 5, 9, 12, 3, 7]
     specs = [(p, Sampling(max_tokens=m)) for p, m in zip(PROMPTS, limits)]
     scheduler, recorders = run_jobs(served, specs)
-    assert scheduler.largest_batch == len(PROMPTS) and scheduler.batches_run == 1  # one dynamic batch
+    assert scheduler.largest_batch == len(PROMPTS) and scheduler.joins == 1  # they started as one batch
     for (text, sampling), rec in zip(specs, recorders):
         expected, reason = reference(served, text, max_new_tokens=sampling.max_tokens)
         done = rec.finished()
         assert done.text == expected and rec.streamed() == expected  # the stream is exactly the answer
         assert (done.reason, done.tokens) == ("length", sampling.max_tokens) and reason == "length"
     assert scheduler.pending == 0
+
+
+def test_a_request_arriving_mid_decode_joins_at_the_next_step(served):
+    """A long answer is decoding; a short request submitted later joins it (no wait for the long one to end),
+    finishes first, and both answers equal their single-request answers."""
+    scheduler = Scheduler(max_batch_rows=4, wait_s=0.0).start()
+    order = []
+    long, short = Recorder(label="long", order=order), Recorder(label="short", order=order)
+    joined = threading.Event()
+    long_job = Job(served, chat_ids(served, "hi"), Sampling(max_tokens=400), long)  # greedy runs to 400 tokens
+    original = long_job.sink
+
+    def submit_short_after_ten_pieces(event):
+        original(event)
+        if sum(isinstance(e, Delta) for e in long.events) == 10 and not joined.is_set():
+            joined.set()
+            scheduler.submit(Job(served, chat_ids(served, PROMPTS[5]), Sampling(max_tokens=6), short))
+
+    long_job.sink = submit_short_after_ten_pieces
+    scheduler.submit(long_job)
+    assert long.done.wait(120) and short.done.wait(120)
+    scheduler.stop(10)
+    assert scheduler.joins == 2 and scheduler.largest_batch == 2  # the short one joined the long one in flight
+    assert order == ["short", "long"]  # it did not wait for the long answer to end
+    assert short.finished().tokens == 6 and long.finished().tokens == 400
+    assert short.finished().text == reference(served, PROMPTS[5], max_new_tokens=6)[0]
+    assert long.finished().text == reference(served, "hi", max_new_tokens=400)[0] == long.streamed()
+
+
+def test_rows_that_leave_free_their_place_for_queued_requests(served):
+    """With room for 2 rows, 5 requests of different lengths all decode (each as it would alone), the batch
+    never holds more than 2, and queued requests start as earlier ones end."""
+    limits = [3, 20, 5, 8, 2]
+    specs = [(p, Sampling(max_tokens=m)) for p, m in zip(PROMPTS, limits)]
+    scheduler, recorders = run_jobs(served, specs, max_batch_rows=2)
+    assert scheduler.largest_batch == 2 and scheduler.joins >= 3
+    for (text, sampling), rec in zip(specs, recorders):
+        assert rec.finished().text == reference(served, text, max_new_tokens=sampling.max_tokens)[0]
 
 
 def test_stop_strings_and_eos_per_row_in_one_batch(served):

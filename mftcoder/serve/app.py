@@ -132,7 +132,7 @@ async def _next_event(request: Request, events: asyncio.Queue):
             return await asyncio.wait_for(events.get(), DISCONNECT_POLL_S)
         except asyncio.TimeoutError:
             if await request.is_disconnected():
-                raise asyncio.CancelledError("the client disconnected")
+                raise APIError(499, "the client closed the connection", code="client_closed_request")
 
 
 async def collect(request: Request, job: Job, events: asyncio.Queue) -> list[Finished]:

@@ -1,15 +1,19 @@
-"""Dynamic batching: requests that arrive together are decoded as one batch on one model, in one worker thread.
+"""Continuous batching: requests are decoded together on one model, in one worker thread, and a request that
+arrives while others decode joins them at the next step.
 
-The HTTP side submits a `Job` (one request: a prompt and n choices) and reads its events; the worker waits for a
-first job, gathers more for up to `wait_s` (or until `max_batch_rows` rows), and decodes them with the engine's
-shrinking-batch loop (`decode_batch`): every row samples with its own settings and seeded generator, and a row
-that ends (eos, stop string, its max_tokens, or its request cancelled) leaves the batch at once. Admission is
-bounded: past `max_pending` jobs queued or running, `submit` raises `QueueFull` (the server answers 429).
-Events reach the caller through its `sink` callable, called from the worker thread.
+The HTTP side submits a `Job` (one request: a prompt and n choices) and reads its events. An idle worker waits for
+a first job, gathers more for up to `wait_s` (or until `max_batch_rows` rows) and starts a `ContinuousBatch`
+(mftcoder.infer.continuous); while it decodes, queued jobs for the same model join between two steps as long as
+rows are free. Every row samples with its own settings and seeded generator, and a row that ends (eos, stop
+string, its max_tokens, or its request cancelled) leaves at once, freeing its place. Jobs start in arrival order;
+a job for another served model (adapter) waits until the batch in flight drains. Admission is bounded: past
+`max_pending` jobs queued or running, `submit` raises `QueueFull` (the server answers 429). Events reach the caller
+through its `sink` callable, called from the worker thread.
 """
 from __future__ import annotations
 
 import collections
+import contextlib
 import logging
 import os
 import threading
@@ -17,8 +21,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
-from mftcoder.infer.engine import (GenerationSettings, RowSampler, clean_text, decode_batch, first_stop,
-                                   stop_token_ids, strip_special_tokens)
+from mftcoder.infer.continuous import ContinuousBatch, Row
+from mftcoder.infer.engine import GenerationSettings, clean_text, first_stop, stop_token_ids, strip_special_tokens
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +72,7 @@ class Failed:
     message: str
 
 
-@dataclass
+@dataclass(eq=False)  # a request is itself, whatever its fields
 class Job:
     """One request: `n` choices of one prompt on the served model `model`."""
 
@@ -138,42 +142,6 @@ class RowStream:
 
 
 # ---------------------------------------------------------------------------------------------- the worker
-def left_padded(prompts: Sequence[list[int]], pad_id: int, device):
-    """(input_ids, attention_mask) with every prompt padded on the left. Built here rather than with
-    `tokenizer.pad`, which may reconfigure the shared Rust tokenizer while the HTTP thread encodes."""
-    import torch
-
-    width = max(len(p) for p in prompts)
-    ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(prompts), width), dtype=torch.long)
-    for row, prompt in enumerate(prompts):
-        ids[row, width - len(prompt):] = torch.tensor(prompt, dtype=torch.long)
-        mask[row, width - len(prompt):] = 1
-    return ids.to(device), mask.to(device)
-
-
-def run_batch(jobs: Sequence[Job]) -> None:
-    """Decode every choice of `jobs` (all on the same served model) as one left-padded batch."""
-    import torch
-
-    served = jobs[0].model
-    model, tokenizer = served.model, served.tokenizer
-    rows = [(job, choice) for job in jobs for choice in range(job.sampling.n)]
-    streams = [RowStream(job, choice, tokenizer) for job, choice in rows]
-    device = next(model.parameters()).device
-    row_settings = [job.sampling.row_settings() for job, _ in rows]
-    seeds = {id(job): job.sampling.row_seeds() for job in jobs}
-    generators = [torch.Generator(device=device).manual_seed(seeds[id(job)][choice]) for job, choice in rows]
-    input_ids, mask = left_padded([job.prompt_ids for job, _ in rows], tokenizer.pad_token_id or 0, device)
-    longest = GenerationSettings(max_new_tokens=max(job.sampling.max_tokens for job in jobs))
-    with torch.inference_mode(), served.activate():
-        ids, reasons = decode_batch(model, input_ids, mask, longest,
-                                    stop_token_ids(model, tokenizer), lambda r, toks: streams[r].advance(toks),
-                                    picker=RowSampler(row_settings, generators))
-    for stream, row_ids, reason in zip(streams, ids, reasons):
-        stream.finish(row_ids, reason)
-
-
 def _dropped_if_cancelled(job: Job) -> bool:
     """A job cancelled while it waited is answered without decoding (its client has gone)."""
     if not job.cancelled.is_set():
@@ -196,8 +164,8 @@ class Scheduler:
         self._cond = threading.Condition()
         self._stopping = False
         self._thread = threading.Thread(target=self._work, name="mftcoder-decode", daemon=True)
-        self.batches_run = 0
-        self.largest_batch = 0  # rows
+        self.joins = 0  # times new rows joined the batch in flight (or started it)
+        self.largest_batch = 0  # rows decoding at once
         self.cancelled = 0  # jobs whose client went away
 
     @property
@@ -205,7 +173,7 @@ class Scheduler:
         return self._pending
 
     def stats(self) -> dict:
-        return {"pending": self._pending, "batches": self.batches_run, "largest_batch": self.largest_batch,
+        return {"pending": self._pending, "joins": self.joins, "largest_batch": self.largest_batch,
                 "cancelled": self.cancelled}
 
     def start(self) -> "Scheduler":
@@ -249,48 +217,92 @@ class Scheduler:
             self._cond.notify()
         self._thread.join(timeout)
 
-    def _take_batch(self) -> list[Job] | None:
-        """The next batch: the first queued job, plus jobs for the same model that arrive within wait_s."""
+    # -------------------------------------------------------------------------------- the worker's side
+    def _admit(self, running, room: int) -> list[Job] | None:
+        """Jobs to start now. Idle: wait for a first job, then up to wait_s for more of its model. Running
+        (`running` is the ServedModel decoding): the queued jobs at the front for the same model that fit in
+        `room` rows, without waiting. None: stopping, and nothing is left to do."""
         with self._cond:
-            while not self._queue:
-                if self._stopping:
-                    return None
-                self._cond.wait()
-            deadline = time.monotonic() + self.wait_s
-            while not self._stopping and self._rows_ready() < self.max_batch_rows:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    break
-                self._cond.wait(left)
-            return self._pop_batch()
+            if running is None:
+                while not self._queue:
+                    if self._stopping:
+                        return None
+                    self._cond.wait()
+                deadline = time.monotonic() + self.wait_s
+                while not self._stopping and self._rows_ready() < room and time.monotonic() < deadline:
+                    self._cond.wait(max(0.0, deadline - time.monotonic()))
+                return self._pop(self._queue[0].model, room, at_least_one=True)
+            return self._pop(running, room, at_least_one=False)
 
     def _rows_ready(self) -> int:
         first = self._queue[0].model
         return sum(j.sampling.n for j in self._queue if j.model is first)
 
-    def _pop_batch(self) -> list[Job]:
-        first = self._queue[0].model
-        batch, rows, kept = [], 0, collections.deque()
-        while self._queue:
-            job = self._queue.popleft()
-            fits = job.model is first and (not batch or rows + job.sampling.n <= self.max_batch_rows)
-            if fits:
-                batch.append(job)
-                rows += job.sampling.n
-            else:
-                kept.append(job)
-        self._queue = kept
-        return batch
+    def _pop(self, model, room: int, at_least_one: bool) -> list[Job]:
+        """Jobs from the front of the queue while they are for `model` and fit in `room` rows (first come, first
+        served: a job for another model is never overtaken by later ones)."""
+        jobs, rows = [], 0
+        while self._queue and self._queue[0].model is model:
+            n = self._queue[0].sampling.n
+            if rows + n > room and not (at_least_one and not jobs):
+                break
+            jobs.append(self._queue.popleft())
+            rows += n
+        return jobs
 
     def _work(self) -> None:
-        while (batch := self._take_batch()) is not None:
-            self.batches_run += 1
-            self.largest_batch = max(self.largest_batch, sum(j.sampling.n for j in batch))
+        batch: ContinuousBatch | None = None
+        served = None
+        while True:
+            running = served if batch is not None and batch.size else None
+            room = self.max_batch_rows - (batch.size if running else 0)
+            jobs = self._admit(running, room) if running is None or batch.can_join() else []
+            if jobs is None:
+                return
+            if running is None and jobs:
+                served = jobs[0].model
+                batch = ContinuousBatch(served.model, stop_token_ids(served.model, served.tokenizer),
+                                        served.tokenizer.pad_token_id or 0)
             try:
-                live = [job for job in batch if not _dropped_if_cancelled(job)]
-                if live:
-                    run_batch(live)
-            except Exception as e:  # one bad batch must not end the worker: its requests get the error
-                log.exception("decoding a batch of %d requests failed", len(batch))
-                for job in batch:
-                    job.sink(Failed(f"{type(e).__name__}: {e}"))
+                with _decoding(served):
+                    if jobs:
+                        self._join(batch, served, jobs)
+                    _finish(batch.step())
+            except Exception as e:  # one failed step must not end the worker: its requests get the error
+                log.exception("decoding failed")
+                _fail({row.tag.job for row in batch.abandon()} | set(jobs), e)
+
+    def _join(self, batch: ContinuousBatch, served, jobs: list[Job]) -> None:
+        rows = [_row(job, choice, served.tokenizer) for job in jobs if not _dropped_if_cancelled(job)
+                for choice in range(job.sampling.n)]
+        if rows:
+            self.joins += 1
+            _finish(batch.join(rows))
+            self.largest_batch = max(self.largest_batch, batch.size)
+
+
+def _row(job: Job, choice: int, tokenizer) -> Row:
+    import torch
+
+    stream = RowStream(job, choice, tokenizer)
+    device = next(job.model.model.parameters()).device
+    generator = torch.Generator(device=device).manual_seed(job.sampling.row_seeds()[choice])
+    return Row(job.prompt_ids, job.sampling.row_settings(), generator, stream.advance, tag=stream)
+
+
+def _finish(rows: list[Row]) -> None:
+    for row in rows:
+        row.tag.finish(row.ids, row.reason)
+
+
+def _fail(jobs, error: Exception) -> None:
+    for job in jobs:
+        job.sink(Failed(f"{type(error).__name__}: {error}"))
+
+
+@contextlib.contextmanager
+def _decoding(served):
+    import torch
+
+    with torch.inference_mode(), served.activate():
+        yield
