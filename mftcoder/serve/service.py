@@ -82,6 +82,9 @@ class Service:
             conversation = Conversation.from_messages([m.as_turn() for m in request.messages], where="messages")
         except DataFormatError as e:
             raise APIError(400, str(e), param="messages") from None
+        if not getattr(served.tokenizer, "chat_template", None):
+            raise APIError(400, f"the model {served.name!r} has no chat template, so chat messages cannot be rendered; "
+                                "send the prompt text to /v1/completions instead", param="messages")
         turns = conversation.messages()
         if turns[-1]["role"] != "user":
             raise APIError(400, f"the last message must be the user's, got {turns[-1]['role']!r}", param="messages")
