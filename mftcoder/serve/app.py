@@ -22,7 +22,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from mftcoder.serve import protocol
-from mftcoder.serve.protocol import APIError, ChatCompletionRequest, CompletionRequest
+from mftcoder.serve.protocol import APIError, ChatCompletionRequest, ChatShape, CompletionRequest, CompletionShape
 from mftcoder.serve.scheduler import Delta, Failed, Finished, Job
 from mftcoder.serve.service import Service
 
@@ -155,41 +155,6 @@ def sse(payload) -> str:
     return f"data: {payload if isinstance(payload, str) else json.dumps(payload, ensure_ascii=False)}\n\n"
 
 
-class ChatShape:
-    """How chat completions look on the wire."""
-
-    object_name = "chat.completion.chunk"
-    response = staticmethod(protocol.chat_response)
-
-    @staticmethod
-    def opening(rid, model, index):
-        return protocol.chat_chunk(rid, model, index, {"role": "assistant", "content": ""})
-
-    @staticmethod
-    def delta(rid, model, index, text):
-        return protocol.chat_chunk(rid, model, index, {"content": text})
-
-    @staticmethod
-    def closing(rid, model, index, reason):
-        return protocol.chat_chunk(rid, model, index, {}, reason)
-
-
-class CompletionShape:
-    """How text completions look on the wire."""
-
-    object_name = "text_completion"
-    response = staticmethod(protocol.completion_response)
-    opening = None
-
-    @staticmethod
-    def delta(rid, model, index, text):
-        return protocol.completion_chunk(rid, model, index, text)
-
-    @staticmethod
-    def closing(rid, model, index, reason):
-        return protocol.completion_chunk(rid, model, index, "", reason)
-
-
 async def stream_events(shape, rid: str, name: str, job: Job, events: asyncio.Queue, prompt_tokens: int,
                         include_usage: bool):
     """The server-sent events of one streaming request; leaving early (client gone) cancels the job."""
@@ -218,7 +183,7 @@ async def stream_events(shape, rid: str, name: str, job: Job, events: asyncio.Qu
 async def answer(service: Service, shape, request, raw: Request, served, prompt_ids: list[int]):
     sampling = service.sampling(served, request, len(prompt_ids))
     job, events = submit(service, served, prompt_ids, sampling, request.stream)
-    rid = protocol.new_id("chatcmpl" if shape is ChatShape else "cmpl")
+    rid = protocol.new_id(shape.id_prefix)
     if request.stream:
         return StreamingResponse(stream_events(shape, rid, served.name, job, events, len(prompt_ids),
                                                request.include_usage()),

@@ -165,3 +165,39 @@ def usage_chunk(rid: str, model: str, kind: str, use: dict) -> dict:
 def model_list(names: list[str], created: int) -> dict:
     return {"object": "list",
             "data": [{"id": n, "object": "model", "created": created, "owned_by": "mftcoder"} for n in names]}
+
+
+# ---------------------------------------------------------------------------------------------- wire shapes
+class ChatShape:
+    """How chat completions look on the wire."""
+
+    id_prefix, object_name = "chatcmpl", "chat.completion.chunk"
+    response = staticmethod(chat_response)
+
+    @staticmethod
+    def opening(rid, model, index):
+        return chat_chunk(rid, model, index, {"role": "assistant", "content": ""})
+
+    @staticmethod
+    def delta(rid, model, index, text):
+        return chat_chunk(rid, model, index, {"content": text})
+
+    @staticmethod
+    def closing(rid, model, index, reason):
+        return chat_chunk(rid, model, index, {}, reason)
+
+
+class CompletionShape:
+    """How text completions look on the wire."""
+
+    id_prefix, object_name = "cmpl", "text_completion"
+    response = staticmethod(completion_response)
+    opening = None
+
+    @staticmethod
+    def delta(rid, model, index, text):
+        return completion_chunk(rid, model, index, text)
+
+    @staticmethod
+    def closing(rid, model, index, reason):
+        return completion_chunk(rid, model, index, "", reason)
