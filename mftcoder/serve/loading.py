@@ -73,9 +73,9 @@ def served_models(args: argparse.Namespace) -> list[ServedModel]:
 
 def build_service(args: argparse.Namespace) -> Service:
     limits = limits_from_args(args)  # bad limits fail before the model loads
-    scheduler = scheduler_from_args(args)
     if args.engine == "vllm":
         from mftcoder.serve.vllm_engine import vllm_service
 
         return vllm_service(args, limits)
+    scheduler = scheduler_from_args(args)
     return Service(served_models(args), scheduler, limits)
