@@ -8,7 +8,7 @@ import pytest
 from mftcoder.infer.engine import GenerationSettings, generate_texts
 from mftcoder.infer.prompts import render_messages
 from mftcoder.model.inference import load_for_inference
-from mftcoder.serve.scheduler import Delta, Failed, Finished, Job, QueueFull, Sampling, Scheduler, _held_back
+from mftcoder.serve.scheduler import Delta, Failed, Finished, Job, QueueFull, Sampling, Scheduler, held_back
 from mftcoder.serve.service import ServedModel
 
 PROMPTS = ["Write a function that adds two numbers.", "def add_1(a, b):", "Reverse a string in Python, please.",
@@ -67,11 +67,11 @@ def run_jobs(served, specs, **scheduler_args):
 
 
 def test_held_back_keeps_incomplete_characters_and_stop_prefixes():
-    assert _held_back("abc", ()) == 0
-    assert _held_back("ab\ufffd\ufffd", ()) == 2
-    assert _held_back("answer: </", ("</end>",)) == 2
-    assert _held_back("answer: <", ("</end>", "<x")) == 1
-    assert _held_back("answer </end", ("</end>",)) == 5
+    assert held_back("abc", ()) == 0
+    assert held_back("ab\ufffd\ufffd", ()) == 2
+    assert held_back("answer: </", ("</end>",)) == 2
+    assert held_back("answer: <", ("</end>", "<x")) == 1
+    assert held_back("answer </end", ("</end>",)) == 5
 
 
 def test_a_batch_decodes_every_request_as_it_would_alone(served):

@@ -188,6 +188,6 @@ def test_vllm_scheduler_streams_cancels_fails_and_bounds_the_queue():
     finally:
         scheduler.stop(10)
     assert scheduler.pending == 0 and not scheduler._thread.is_alive()
-    assert scheduler.stats() == {"pending": 0, "engine": "vllm"}
+    assert scheduler.stats() == {"pending": 0, "cancelled": 1, "engine": "vllm"}
     with pytest.raises(QueueFull, match="shutting down"):
         scheduler.submit(_job()[0])

@@ -87,7 +87,7 @@ class Job:
         self.cancelled.set()
 
 
-def _held_back(text: str, stops: Sequence[str]) -> int:
+def held_back(text: str, stops: Sequence[str]) -> int:
     """How many trailing characters of `text` cannot be sent yet: an incomplete UTF-8 character (decoded as
     U+FFFD) or the start of a stop string that the next tokens may complete."""
     end = len(text)
@@ -120,7 +120,7 @@ class RowStream:
             return True
         if not self.job.stream:
             return False
-        visible = strip_special_tokens(self.tokenizer, text[:len(text) - _held_back(text, self.stops)])
+        visible = strip_special_tokens(self.tokenizer, text[:len(text) - held_back(text, self.stops)])
         if len(visible) > len(self.sent) and visible.startswith(self.sent):
             self.job.sink(Delta(self.choice, visible[len(self.sent):]))
             self.sent = visible
@@ -151,30 +151,64 @@ def _dropped_if_cancelled(job: Job) -> bool:
     return True
 
 
+class Admission:
+    """The bound on requests queued or running that every engine's scheduler keeps: `admit` a job or raise
+    QueueFull. A job's slot is freed just before its last event reaches the caller, so a client that sends its next
+    request the moment it has its answer finds the slot free. `lock` is the scheduler's own lock."""
+
+    def __init__(self, max_pending: int, lock):
+        if max_pending < 1:
+            raise ValueError(f"--max_queue must be >= 1, got {max_pending}")
+        self.max_pending, self.lock = max_pending, lock
+        self.pending = 0
+        self.cancelled = 0  # jobs whose client went away
+        self.stopping = False
+
+    def admit(self, job: Job) -> None:
+        """Count `job` in (call with the lock held) and make its sink free the slot at the job's end."""
+        if self.stopping:
+            raise QueueFull("the server is shutting down")
+        if self.pending >= self.max_pending:
+            raise QueueFull(f"the server is at capacity: {self.pending} requests are queued or running "
+                            f"(--max_queue {self.max_pending}); retry later")
+        self.pending += 1
+        sink, remaining, released = job.sink, job.sampling.n, False
+
+        def tracked(event):
+            nonlocal remaining, released
+            remaining -= isinstance(event, Finished)
+            if not released and (remaining == 0 or isinstance(event, Failed)):
+                released = True
+                with self.lock:
+                    self.pending -= 1
+                    self.cancelled += isinstance(event, Finished) and event.reason == "cancelled"
+            sink(event)
+
+        job.sink = tracked
+
+
 class Scheduler:
     """The worker thread and its bounded queue (see the module docstring)."""
 
     def __init__(self, max_batch_rows: int = 8, wait_s: float = 0.01, max_pending: int = 64):
-        if max_batch_rows < 1 or max_pending < 1 or wait_s < 0:
-            raise ValueError(f"max_batch_rows and max_pending must be >= 1 and wait_s >= 0, got {max_batch_rows}, "
-                             f"{max_pending}, {wait_s}")
-        self.max_batch_rows, self.wait_s, self.max_pending = max_batch_rows, wait_s, max_pending
+        if max_batch_rows < 1 or wait_s < 0:
+            raise ValueError(f"--max_batch_size must be >= 1 and --batch_wait_ms >= 0, got {max_batch_rows}, "
+                             f"{wait_s * 1000:g}")
+        self.max_batch_rows, self.wait_s = max_batch_rows, wait_s
         self._queue: collections.deque[Job] = collections.deque()
-        self._pending = 0  # queued + running (a job's slot is freed by its last event)
         self._cond = threading.Condition()
-        self._stopping = False
+        self.admission = Admission(max_pending, self._cond)
         self._thread = threading.Thread(target=self._work, name="mftcoder-decode", daemon=True)
         self.joins = 0  # times new rows joined the batch in flight (or started it)
         self.largest_batch = 0  # rows decoding at once
-        self.cancelled = 0  # jobs whose client went away
 
     @property
     def pending(self) -> int:
-        return self._pending
+        return self.admission.pending
 
     def stats(self) -> dict:
-        return {"pending": self._pending, "joins": self.joins, "largest_batch": self.largest_batch,
-                "cancelled": self.cancelled}
+        return {"pending": self.admission.pending, "joins": self.joins, "largest_batch": self.largest_batch,
+                "cancelled": self.admission.cancelled}
 
     def start(self) -> "Scheduler":
         self._thread.start()
@@ -182,38 +216,14 @@ class Scheduler:
 
     def submit(self, job: Job) -> None:
         with self._cond:
-            if self._stopping:
-                raise QueueFull("the server is shutting down")
-            if self._pending >= self.max_pending:
-                raise QueueFull(f"the server is at capacity: {self._pending} requests are queued or running "
-                                f"(--max_queue {self.max_pending}); retry later")
-            self._pending += 1
-            self._track(job)
+            self.admission.admit(job)
             self._queue.append(job)
             self._cond.notify()
-
-    def _track(self, job: Job) -> None:
-        """The job's slot is freed just before its last event reaches the caller, so a client that sends its next
-        request the moment it has its answer finds the slot free."""
-        sink, remaining, released = job.sink, job.sampling.n, False
-
-        def tracked(event):
-            nonlocal remaining, released
-            remaining -= isinstance(event, Finished)
-            if isinstance(event, Finished) and event.reason == "cancelled" and remaining == 0:
-                self.cancelled += 1
-            if not released and (remaining == 0 or isinstance(event, Failed)):
-                released = True
-                with self._cond:
-                    self._pending -= 1
-            sink(event)
-
-        job.sink = tracked
 
     def stop(self, timeout: float | None = None) -> None:
         """Finish the jobs already admitted, then end the worker."""
         with self._cond:
-            self._stopping = True
+            self.admission.stopping = True
             self._cond.notify()
         self._thread.join(timeout)
 
@@ -225,11 +235,11 @@ class Scheduler:
         with self._cond:
             if running is None:
                 while not self._queue:
-                    if self._stopping:
+                    if self.admission.stopping:
                         return None
                     self._cond.wait()
                 deadline = time.monotonic() + self.wait_s
-                while not self._stopping and self._rows_ready() < room and time.monotonic() < deadline:
+                while not self.admission.stopping and self._rows_ready() < room and time.monotonic() < deadline:
                     self._cond.wait(max(0.0, deadline - time.monotonic()))
                 return self._pop(self._queue[0].model, room, at_least_one=True)
             return self._pop(running, room, at_least_one=False)

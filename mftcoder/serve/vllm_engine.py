@@ -32,7 +32,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Sequence
 
-from mftcoder.serve.scheduler import Delta, Failed, Finished, Job, QueueFull, Sampling, _held_back
+from mftcoder.serve.scheduler import Admission, Delta, Failed, Finished, Job, Sampling, held_back
 from mftcoder.serve.service import Limits, ServedModel, Service
 
 log = logging.getLogger(__name__)
@@ -134,7 +134,7 @@ class ChoiceStreams:
             return []
         self.tokens[index] = tokens
         if reason is None:
-            return self._extend(index, text[:len(text) - _held_back(text, self.stops)])
+            return self._extend(index, text[:len(text) - held_back(text, self.stops)])
         ours = finish_reason(reason)
         events = self._extend(index, text)
         self.open.discard(index)
@@ -179,13 +179,9 @@ class VllmScheduler:
     """Scheduler's interface over vLLM's async engine, which runs on its own asyncio loop in its own thread."""
 
     def __init__(self, make_engine: Callable[[], Any], max_pending: int = 64):
-        if max_pending < 1:
-            raise ValueError(f"--max_queue must be >= 1, got {max_pending}")
-        self.max_pending = max_pending
         self.routes: dict[str, Route] = {}
-        self._pending = 0
-        self._stopping = False
         self._lock = threading.RLock()  # _forget may run inside submit
+        self.admission = Admission(max_pending, self._lock)
         self._futures: set[concurrent.futures.Future] = set()
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="mftcoder-vllm", daemon=True)
@@ -201,11 +197,11 @@ class VllmScheduler:
 
     @property
     def pending(self) -> int:
-        return self._pending
+        return self.admission.pending
 
     def stats(self) -> dict:
         """What GET /health reports (vLLM keeps its own batching statistics)."""
-        return {"pending": self._pending, "engine": "vllm"}
+        return {"pending": self.admission.pending, "cancelled": self.admission.cancelled, "engine": "vllm"}
 
     def context_length(self) -> int:
         config = getattr(self.engine, "model_config", None)  # AsyncLLM (V1); the older engine answers on its loop
@@ -218,13 +214,7 @@ class VllmScheduler:
 
     def submit(self, job: Job) -> None:
         with self._lock:
-            if self._stopping:
-                raise QueueFull("the server is shutting down")
-            if self._pending >= self.max_pending:
-                raise QueueFull(f"the server is at capacity: {self._pending} requests are queued or running "
-                                f"(--max_queue {self.max_pending}); retry later")
-            self._pending += 1
-            self._track(job)
+            self.admission.admit(job)
             future = asyncio.run_coroutine_threadsafe(self._run(job), self._loop)
             self._futures.add(future)  # under the lock: stop() waits for every job it admitted
             future.add_done_callback(self._forget)
@@ -232,21 +222,6 @@ class VllmScheduler:
     def _forget(self, future) -> None:
         with self._lock:
             self._futures.discard(future)
-
-    def _track(self, job: Job) -> None:
-        """Free the job's slot just before its last event, as Scheduler does."""
-        sink, remaining, released = job.sink, job.sampling.n, False
-
-        def tracked(event):
-            nonlocal remaining, released
-            remaining -= isinstance(event, Finished)
-            if not released and (remaining == 0 or isinstance(event, Failed)):
-                released = True
-                with self._lock:
-                    self._pending -= 1
-            sink(event)
-
-        job.sink = tracked
 
     async def _run(self, job: Job) -> None:
         streams = ChoiceStreams(job.sampling.n, job.sampling.stop)
@@ -286,7 +261,7 @@ class VllmScheduler:
     def stop(self, timeout: float | None = None) -> None:
         """Finish the jobs already admitted, then shut the engine and its loop down."""
         with self._lock:
-            self._stopping = True
+            self.admission.stopping = True
             futures = list(self._futures)
         concurrent.futures.wait(futures, timeout)
         self._close_loop(timeout)
