@@ -30,6 +30,14 @@ class StreamOptions(BaseModel):
     include_usage: bool = False
 
 
+def _refused_unless_neutral(value, info):
+    """Fields clients send with a neutral value (0, false, {}) that this server cannot honour otherwise."""
+    if value:
+        raise ValueError(f"{info.field_name} is not supported by this server; leave it out (or send its neutral "
+                         "value: 0, false, empty)")
+    return value
+
+
 class _Sampling(BaseModel):
     """The fields chat and text completions share."""
 
@@ -59,19 +67,7 @@ class _Sampling(BaseModel):
             raise ValueError("stop sequences must be non-empty strings")
         return stops
 
-    @field_validator("presence_penalty", "frequency_penalty")
-    @classmethod
-    def _penalty(cls, value, info):
-        if value != 0:
-            raise ValueError(f"{info.field_name} is not supported by this server; send 0 or leave it out")
-        return value
-
-    @field_validator("logit_bias")
-    @classmethod
-    def _bias(cls, value):
-        if value:
-            raise ValueError("logit_bias is not supported by this server; leave it out")
-        return value
+    _neutral_only = field_validator("presence_penalty", "frequency_penalty", "logit_bias")(_refused_unless_neutral)
 
     def token_limit(self) -> int | None:
         return self.max_completion_tokens or self.max_tokens
@@ -116,12 +112,7 @@ class CompletionRequest(_Sampling):
             value = value[0]
         return value
 
-    @field_validator("echo")
-    @classmethod
-    def _no_echo(cls, value):
-        if value:
-            raise ValueError("echo is not supported by this server; leave it out")
-        return value
+    _no_echo = field_validator("echo")(_refused_unless_neutral)
 
 
 # ---------------------------------------------------------------------------------------------- responses
