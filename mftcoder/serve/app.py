@@ -126,28 +126,30 @@ def submit(service: Service, served, prompt_ids: list[int], sampling, stream: bo
     return job, events
 
 
-async def _next_event(request: Request, events: asyncio.Queue):
-    while True:
-        try:
-            return await asyncio.wait_for(events.get(), DISCONNECT_POLL_S)
-        except asyncio.TimeoutError:
-            if await request.is_disconnected():
-                raise APIError(499, "the client closed the connection", code="client_closed_request")
+async def _cancel_on_disconnect(request: Request, job: Job) -> None:
+    """Poll the connection of a non-streaming request; a client that went away cancels its job."""
+    while not await request.is_disconnected():
+        await asyncio.sleep(DISCONNECT_POLL_S)
+    job.cancel()
 
 
 async def collect(request: Request, job: Job, events: asyncio.Queue) -> list[Finished]:
     """Every choice's Finished event, in choice order; the job is cancelled if the client goes away first."""
     finished: dict[int, Finished] = {}
+    watcher = asyncio.create_task(_cancel_on_disconnect(request, job))
     try:
         while len(finished) < job.sampling.n:
-            event = await _next_event(request, events)
+            event = await events.get()
             if isinstance(event, Failed):
                 raise APIError(500, f"generation failed: {event.message}")
             if isinstance(event, Finished):
                 finished[event.choice] = event
     finally:
+        watcher.cancel()
         if len(finished) < job.sampling.n:
             job.cancel()
+    if job.cancelled.is_set():
+        raise APIError(499, "the client closed the connection", code="client_closed_request")
     return [finished[i] for i in range(job.sampling.n)]
 
 
