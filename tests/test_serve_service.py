@@ -73,9 +73,14 @@ def test_refused_openai_fields_are_named():
     for fields, pattern in [({"presence_penalty": 0.5}, "presence_penalty is not supported"),
                             ({"logit_bias": {"5": 1}}, "logit_bias is not supported"),
                             ({"stop": ["a", "b", "c", "d", "e"]}, "at most 4 stop sequences"),
-                            ({"temperature": 3}, "less than or equal to 2")]:
+                            ({"temperature": 3}, "less than or equal to 2"),
+                            ({"logprobs": True}, "logprobs is not supported"),
+                            ({"tools": [{"type": "function"}]}, "tools is not supported"),
+                            ({"tool_choice": "required"}, "tool calls are not supported"),
+                            ({"response_format": {"type": "json_object"}}, "'json_object' is not supported")]:
         with pytest.raises(ValueError, match=pattern):
             chat("hi", **fields)
-    assert chat("hi", presence_penalty=0, frequency_penalty=0, user="u1").stop is None
+    assert chat("hi", presence_penalty=0, frequency_penalty=0, user="u1", logprobs=False, tools=[],
+                tool_choice="none", response_format={"type": "text"}).stop is None
     with pytest.raises(ValueError, match="one prompt per request"):
         CompletionRequest(model="m", prompt=["a", "b"])

@@ -1,8 +1,9 @@
 """The OpenAI API shapes the server speaks: request models (validated with pydantic), response and chunk bodies,
 and the error body `{"error": {"message", "type", "param", "code"}}` that OpenAI clients parse.
 
-Only the fields a transformers engine can honour are accepted with effect; the penalties and logit_bias that
-OpenAI clients send with their neutral values are accepted, other values are refused by name (never ignored).
+Only the fields a transformers engine can honour are accepted with effect; the penalties, logit_bias, logprobs,
+tools and response_format that OpenAI clients send with their neutral values are accepted, other values are
+refused by name (never ignored). Fields that change nothing about the answer (`user`, `metadata`, ...) are accepted.
 """
 from __future__ import annotations
 
@@ -56,6 +57,10 @@ class _Sampling(BaseModel):
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
     logit_bias: Optional[dict] = None
+    logprobs: Union[bool, int, None] = None
+    top_logprobs: Optional[int] = None
+    tools: Optional[list] = None
+    functions: Optional[list] = None
 
     @field_validator("stop")
     @classmethod
@@ -67,7 +72,25 @@ class _Sampling(BaseModel):
             raise ValueError("stop sequences must be non-empty strings")
         return stops
 
-    _neutral_only = field_validator("presence_penalty", "frequency_penalty", "logit_bias")(_refused_unless_neutral)
+    _neutral_only = field_validator("presence_penalty", "frequency_penalty", "logit_bias", "logprobs", "top_logprobs",
+                                    "tools", "functions")(_refused_unless_neutral)
+    tool_choice: Union[str, dict, None] = None
+    response_format: Optional[dict] = None
+
+    @field_validator("tool_choice")
+    @classmethod
+    def _no_tool_call(cls, value):
+        if value not in (None, "none", "auto"):
+            raise ValueError("tool calls are not supported by this server; leave tool_choice out (or 'none')")
+        return value
+
+    @field_validator("response_format")
+    @classmethod
+    def _text_only(cls, value):
+        if value and value.get("type") != "text":
+            raise ValueError(f"response_format {value.get('type')!r} is not supported by this server; it answers "
+                             "plain text ({'type': 'text'})")
+        return value
 
     def token_limit(self) -> int | None:
         return self.max_completion_tokens or self.max_tokens
