@@ -127,16 +127,24 @@ def test_chat_streams_keeps_history_and_stops(browser, server, page_errors, tmp_
     assert page_errors == []
 
 
-def test_the_answer_streams_into_the_page(browser, server, page_errors):
-    """A long answer (470 tokens, about half a second) shows up piece by piece, then equals the API's answer."""
+def ask_for_a_long_answer(browser, server, page_errors, watcher: str):
+    """A fresh page asks "hi" greedily for LONG_TOKENS tokens with `watcher` installed; (page, answer element,
+    the API's own answer)."""
     page = open_chat(browser, server.url, page_errors)
     page.wait_for_function("document.querySelector('#model').options.length > 0")
     page.fill("#temperature", "0")
     page.fill("#max_tokens", str(LONG_TOKENS))
-    page.evaluate(RECORD_LENGTHS)
+    page.evaluate(watcher)
     say(page, "hi")
-    text = wait_answer(page, 0).text_content()
-    assert text == api_answer(server.url, [{"role": "user", "content": "hi"}], LONG_TOKENS)
+    answer = wait_answer(page, 0)
+    return page, answer, api_answer(server.url, [{"role": "user", "content": "hi"}], LONG_TOKENS)
+
+
+def test_the_answer_streams_into_the_page(browser, server, page_errors):
+    """A long answer (470 tokens, about half a second) shows up piece by piece, then equals the API's answer."""
+    page, answer, full = ask_for_a_long_answer(browser, server, page_errors, RECORD_LENGTHS)
+    text = answer.text_content()
+    assert text == full
     partials = sorted({n for n in page.evaluate("window.lengths") if 0 < n < len(text)})
     assert len(partials) >= 2, f"the answer did not grow while streaming: lengths seen {partials}, final {len(text)}"
     assert page_errors == []
@@ -144,16 +152,9 @@ def test_the_answer_streams_into_the_page(browser, server, page_errors):
 
 def test_stop_keeps_the_partial_answer(browser, server, page_errors):
     """Stop aborts a long answer and keeps the partial text, a prefix of the full greedy answer."""
-    page = open_chat(browser, server.url, page_errors)
-    page.wait_for_function("document.querySelector('#model').options.length > 0")
-    page.fill("#temperature", "0")
-    page.fill("#max_tokens", str(LONG_TOKENS))
-    page.evaluate(STOP_AT_FIRST_TEXT)
-    say(page, "hi")
-    answer = wait_answer(page, 0)
+    page, answer, full = ask_for_a_long_answer(browser, server, page_errors, STOP_AT_FIRST_TEXT)
     assert answer.get_attribute("data-finish") == "aborted"
     partial = answer.text_content()
-    full = api_answer(server.url, [{"role": "user", "content": "hi"}], LONG_TOKENS)
     assert partial and full.startswith(partial) and len(partial) < len(full)
     assert page.is_enabled("#send") and not page.is_enabled("#stop")
     assert page_errors == []
