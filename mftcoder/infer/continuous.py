@@ -6,7 +6,7 @@ ends. `ContinuousBatch` keeps one left-padded KV cache for the rows in flight. `
 of their own and appends their cache rows, padded on the left to a common length (padding is masked, and positions
 are counted from the mask, so every row sees exactly what it would see alone); `step` decodes one token for every row
 and drops the rows that ended, then the left columns no row needs any more. Each row samples with its own settings
-and seeded generator (`RowSampler`), so its tokens do not depend on its neighbours.
+and seeded generator (`pick_tokens_per_row`), so its tokens do not depend on its neighbours.
 
 Joining needs plain `DynamicLayer` caches (full attention); for other cache layouts (sliding-window layers)
 `can_join` is False while rows are in flight, and new rows wait for the batch to drain.
@@ -17,7 +17,7 @@ import inspect
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
-from mftcoder.infer.engine import GenerationSettings, RowSampler
+from mftcoder.infer.engine import GenerationSettings, pick_tokens_per_row
 
 
 @dataclass
@@ -81,7 +81,7 @@ class ContinuousBatch:
 
     def _choose(self, rows: list[Row], logits):
         """Pick each row's next token; (the tokens, positions of the rows still going, the rows that ended)."""
-        tokens = RowSampler([r.settings for r in rows], [r.generator for r in rows])(logits, range(len(rows)))
+        tokens = pick_tokens_per_row(logits, [r.settings for r in rows], [r.generator for r in rows])
         keep, ended = [], []
         for pos, (row, token) in enumerate(zip(rows, tokens.tolist())):
             if token in self.eos:

@@ -15,7 +15,6 @@ from dataclasses import asdict, dataclass, field
 from typing import Callable, Sequence
 
 StopChecker = Callable[[str], "int | None"]  # text so far -> index where the answer ends, or None
-TokenPicker = Callable[..., object]  # (logits [rows, vocab], original row indices) -> next token ids [rows]
 
 
 @dataclass
@@ -127,20 +126,15 @@ def pick_tokens(logits, settings: GenerationSettings, generator):
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
 
 
-class RowSampler:
-    """A `decode_batch` picker for rows that sample differently (a server's requests share one batch): each row
-    has its own settings (temperature, top_p, top_k) and its own seeded generator, so a row's tokens do not
-    depend on which other rows share its batch. Greedy rows take the argmax."""
-
-    def __init__(self, settings: Sequence[GenerationSettings], generators: Sequence):
-        self.settings, self.generators = list(settings), list(generators)
-
-    def __call__(self, logits, rows: Sequence[int]):
-        next_ids = logits.argmax(-1)
-        for pos, row in enumerate(rows):
-            if not self.settings[row].greedy:
-                next_ids[pos] = pick_tokens(logits[pos:pos + 1], self.settings[row], self.generators[row])[0]
-        return next_ids
+def pick_tokens_per_row(logits, settings: Sequence[GenerationSettings], generators: Sequence):
+    """The next token of each row when rows sample differently (a server's requests share one batch): row i uses
+    settings[i] and its own seeded generators[i], so its tokens do not depend on which rows share its batch.
+    Greedy rows take the argmax."""
+    next_ids = logits.argmax(-1)
+    for row, (row_settings, generator) in enumerate(zip(settings, generators)):
+        if not row_settings.greedy:
+            next_ids[row] = pick_tokens(logits[row:row + 1], row_settings, generator)[0]
+    return next_ids
 
 
 # ---------------------------------------------------------------------------------------------- decoding
@@ -155,15 +149,13 @@ def _seen_tokens(model, input_ids, attention_mask):
 
 def decode_batch(model, input_ids, attention_mask, settings: GenerationSettings, eos_ids: Sequence[int],
                  is_stopped: Callable[[int, list[int]], bool], generator=None,
-                 streamer=None, picker: "TokenPicker | None" = None) -> tuple[list[list[int]], list[str]]:
+                 streamer=None) -> tuple[list[list[int]], list[str]]:
     """Left-padded batch -> new token ids per row (eos excluded) and why each row ended.
 
     A KV-cache decoding loop like `model.generate`, except that a row that ends (eos, stop, or the custom
     `is_stopped(row, ids)`) leaves the batch at once, with its cache rows: the long tail of a batch runs at
     the size of the rows still going instead of the full batch. `streamer` (a transformers TextStreamer, for
-    a batch of one) receives each new token as it is chosen. `picker(logits, rows)` chooses the next token of
-    each row still going (`rows`: their original indices), for a server whose rows sample differently; the
-    default picks every row with `settings` and `generator`. `is_stopped` sees every new token of every row.
+    a batch of one) receives each new token as it is chosen.
     """
     if streamer is not None and input_ids.shape[0] != 1:
         raise ValueError("streaming needs a batch of one row")
@@ -187,7 +179,7 @@ def decode_batch(model, input_ids, attention_mask, settings: GenerationSettings,
     for step in range(settings.max_new_tokens):
         if penalty:
             logits = penalize_repeats(logits, seen, penalty)
-        next_ids = picker(logits, active) if picker else pick_tokens(logits, settings, generator)
+        next_ids = pick_tokens(logits, settings, generator)
         keep = []
         for pos, (row, token) in enumerate(zip(active, next_ids.tolist())):
             if token in eos:

@@ -47,24 +47,34 @@ def load_config(model_dir: str):
     return AutoConfig.from_pretrained(model_dir)
 
 
+def _use_device(device: str, threads: int | None) -> str:
+    """The resolved device, after setting torch's CPU threads when asked."""
+    import torch
+
+    if threads:
+        torch.set_num_threads(threads)
+    return resolve_device(device)
+
+
+def _load_causal_lm(model_dir: str, config, dtype: str, device: str):
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(model_dir, dtype=resolve_dtype(dtype, getattr(config, "dtype", None),
+                                                                                 device))
+
+
 def load_for_inference(model_dir: str, adapter: str | None = None, dtype: str = "auto", device: str = "auto",
                        threads: int | None = None, force: bool = False):
     """(model in eval mode on `device`, tokenizer padding left) for generation; an adapter is merged in memory
     (same logits, faster decoding) and its own tokenizer (the training chat template) is used if it has one."""
-    import torch
-    from transformers import AutoModelForCausalLM
-
     from mftcoder.model.adapters import find_adapter_dir, merge_adapter_into
     from mftcoder.model.tokenizer import load_tokenizer
 
-    if threads:
-        torch.set_num_threads(threads)
-    device = resolve_device(device)
+    device = _use_device(device, threads)
     config = load_config(model_dir)
     adapter_dir = find_adapter_dir(adapter) if adapter else None
     tokenizer = load_tokenizer(model_dir, adapter=adapter_dir, padding_side="left", require_fast=False)
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=resolve_dtype(dtype, getattr(config, "dtype", None),
-                                                                                  device))
+    model = _load_causal_lm(model_dir, config, dtype, device)
     if adapter_dir:
         model = merge_adapter_into(model, model_dir, adapter_dir, tokenizer, force)
     model.to(device).eval()
@@ -75,15 +85,10 @@ def load_with_adapters(model_dir: str, adapters: dict[str, str], dtype: str = "a
                        threads: int | None = None, force: bool = False):
     """(a PeftModel holding every adapter of {name: dir} unmerged, the base tokenizer, {name: its tokenizer}) for
     a server that switches adapters per request. Every adapter must keep the base's vocabulary size."""
-    import torch
-    from transformers import AutoModelForCausalLM
-
     from mftcoder.model.adapters import attach_adapters, find_adapter_dir
     from mftcoder.model.tokenizer import load_tokenizer
 
-    if threads:
-        torch.set_num_threads(threads)
-    device = resolve_device(device)
+    device = _use_device(device, threads)
     config = load_config(model_dir)
     dirs = {name: find_adapter_dir(path) for name, path in adapters.items()}
     base_tokenizer = load_tokenizer(model_dir, padding_side="left", require_fast=False)
@@ -94,8 +99,6 @@ def load_with_adapters(model_dir: str, adapters: dict[str, str], dtype: str = "a
         raise ValueError(f"--adapter: {', '.join(f'{n} ({v} tokens)' for n, v in grown.items())} changed the "
                          f"vocabulary of the base ({len(base_tokenizer)} tokens), so it cannot share the base "
                          "unmerged; serve it alone (--adapter DIR) or merge it (mftcoder merge)")
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=resolve_dtype(dtype, getattr(config, "dtype", None),
-                                                                                  device))
-    model = attach_adapters(model, model_dir, dirs, tokenizers, force)
+    model = attach_adapters(_load_causal_lm(model_dir, config, dtype, device), model_dir, dirs, tokenizers, force)
     model.to(device).eval()
     return model, base_tokenizer, tokenizers

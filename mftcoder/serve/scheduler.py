@@ -98,8 +98,8 @@ def held_back(text: str, stops: Sequence[str]) -> int:
 
 
 class RowStream:
-    """One choice of one job while it decodes: sees each new token (`advance`, called by decode_batch) and sends
-    the text that is certain as Delta events; `finish` sends the rest and the Finished event."""
+    """One choice of one job while it decodes: sees each new token (`advance`, the row's on_token in the
+    ContinuousBatch) and sends the text that is certain as Delta events; `finish` sends the rest and Finished."""
 
     def __init__(self, job: Job, choice: int, tokenizer):
         self.job, self.choice, self.tokenizer = job, choice, tokenizer
@@ -110,7 +110,7 @@ class RowStream:
     def advance(self, ids: list[int]) -> bool:
         """True when this row must leave the batch (stop string, max_tokens, cancelled)."""
         if self.job.cancelled.is_set():
-            return True  # decode_batch drops the row; finish() reports it
+            return True  # the batch drops the row; finish() reports it
         text = self.tokenizer.decode(ids, skip_special_tokens=False)
         if first_stop(text, self.stops) is not None:
             self.finish(ids, "stop")
@@ -138,7 +138,6 @@ class RowStream:
             self.job.sink(Delta(self.choice, text[len(self.sent):]))
             self.sent = text
         self.job.sink(Finished(self.choice, reason, text, len(ids)))
-
 
 
 # ---------------------------------------------------------------------------------------------- the worker
