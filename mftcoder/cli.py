@@ -9,6 +9,7 @@ from importlib import metadata
 from mftcoder import __version__
 from mftcoder import train as train_cli
 from mftcoder.runtime import add_verbose_flag, configure_logging
+from mftcoder.eval.cli import BENCHMARKS
 from mftcoder.errors import ArgumentParser, exit_quietly_on_broken_pipe, report, with_example
 
 # the libraries whose versions decide how a run behaves; reported by `mftcoder --version`
@@ -27,9 +28,6 @@ MODULE_COMMANDS = (
     ("serve", "mftcoder.serve.command", "serve a model: OpenAI-compatible API and a web chat",
      "mftcoder serve --model runs/demo-merged --port 8000"),
 )
-HUMANEVAL_EXAMPLE = """\
-mftcoder eval humaneval --model runs/demo-merged --n 1 --temperature 0 --k 1 --output results.json
-mftcoder eval humaneval --samples results.samples.jsonl --output rescored.json"""
 
 
 def version_text() -> str:
@@ -80,10 +78,11 @@ def build_parser() -> argparse.ArgumentParser:
     for name, module, help, example in MODULE_COMMANDS:
         _add(sub, name, help, example, lambda p, module=module: _lazy_build(module, p))
 
-    p = _add(sub, "eval", "benchmarks: `mftcoder eval humaneval ...`", HUMANEVAL_EXAMPLE)
+    p = _add(sub, "eval", "benchmarks: `mftcoder eval {" + ",".join(BENCHMARKS) + "} ...`",
+             "\n".join(b.example for b in BENCHMARKS.values()))
     ev = p.add_subparsers(dest="benchmark", required=True)
-    _add(ev, "humaneval", "HumanEval (or any jsonl problem set) pass@k", HUMANEVAL_EXAMPLE,
-         lambda p: _lazy_build("mftcoder.eval.humaneval", p))
+    for bench in BENCHMARKS.values():
+        _add(ev, bench.name, bench.help, bench.example, lambda p, module=bench.module: _lazy_build(module, p))
     return parser
 
 
