@@ -25,6 +25,11 @@ BENCHMARKS: dict[str, Benchmark] = {
                   "execute in the sandbox, pass@k",
                   "mftcoder eval humaneval --model runs/demo-merged --n 1 --temperature 0 --k 1 --output results.json\n"
                   "mftcoder eval humaneval --samples results.samples.jsonl --output rescored.json"),
+        Benchmark("multiple-choice", "mftcoder.eval.multiple_choice",
+                  "multiple-choice knowledge sets (MMLU, CMMLU, C-Eval, CSV / jsonl): accuracy by the "
+                  "log-likelihood of each choice letter, zero- or k-shot, per subject",
+                  "mftcoder eval multiple-choice --model runs/demo-merged --data mmlu/data --shots 5 --output mmlu.json\n"
+                  "mftcoder eval multiple-choice --model runs/demo-merged --data ceval --split val --output ceval.json"),
     ]
 }
 

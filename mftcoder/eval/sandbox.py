@@ -33,7 +33,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from typing import Callable, Sequence
 
-PASSED, FAILED, TIMED_OUT = "passed", "failed", "timed out"
+PASSED, FAILED, TIMED_OUT, COMPILE_ERROR = "passed", "failed", "timed out", "compile error"
 _CHILD = os.path.join(os.path.dirname(os.path.abspath(__file__)), "sandbox_child.py")
 _OUTPUT_TAIL = 2000
 _WATCHDOG_INTERVAL_S = 0.1
@@ -48,9 +48,12 @@ class SandboxLimits:
     max_open_files: int = 256
     cpu_s: int | None = None  # CPU seconds (default: the timeout rounded up)
     guard: bool = True  # disable dangerous functions (turn off only to test the outer layers)
+    compile_timeout_s: float = 60.0  # wall clock per compiler run (compiled languages)
+    compile_memory_mb: int = 4096  # data-segment limit of a compiler run
 
     def __post_init__(self):
-        for name in ("timeout_s", "memory_mb", "file_size_mb", "max_processes", "max_open_files"):
+        for name in ("timeout_s", "memory_mb", "file_size_mb", "max_processes", "max_open_files", "compile_timeout_s",
+                     "compile_memory_mb"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"sandbox limit {name} must be > 0, got {getattr(self, name)}")
         if self.cpu_s is not None and self.cpu_s < 1:
@@ -63,7 +66,7 @@ class SandboxLimits:
 
 @dataclass
 class ExecResult:
-    status: str  # "passed" | "failed" | "timed out"
+    status: str  # "passed" | "failed" | "timed out" | "compile error"
     error: str | None = None
     duration_s: float = 0.0
     output: str = ""  # tail of what the program printed (stdout and stderr)
