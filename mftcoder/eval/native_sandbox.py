@@ -302,3 +302,12 @@ def _native_nproc_limit(workers: int) -> int:
             except OSError:
                 continue
     return tasks + workers * _THREADS_PER_PROGRAM
+
+
+def check_native_sandbox() -> None:
+    """Fail loudly if bubblewrap cannot start a sandbox here (e.g. user namespaces disabled for non-root)."""
+    done = subprocess.run(_sandbox_argv(tempfile.gettempdir(), _Step(["/bin/true"], 10, 256, 10, 4, True, {})),
+                          capture_output=True, text=True, timeout=30)
+    if done.returncode != 0:
+        raise RuntimeError(f"the sandbox of compiled languages (bubblewrap) does not start here: {done.stderr.strip()} "
+                           "(as non-root it needs unprivileged user namespaces: sysctl kernel.unprivileged_userns_clone=1)")
