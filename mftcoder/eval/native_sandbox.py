@@ -18,6 +18,7 @@ against accidents of generated code; it is not a jail against a determined attac
 """
 from __future__ import annotations
 
+import atexit
 import os
 import shutil
 import signal
@@ -27,6 +28,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Callable, Sequence
 
 from mftcoder.eval.languages import Build, language_for, tool_path
@@ -113,6 +115,11 @@ def _limits_argv(step: _Step, limits: SandboxLimits, nproc: int | None) -> list[
     if nproc is not None and step.as_nobody:
         argv.append(f"--nproc={nproc}")
     return argv + ["--"]
+
+
+def _relative(text: str | None, workdir: str) -> str | None:
+    """Messages name the program's files as `main.cpp:3:5`, not by their temporary path (so reruns compare equal)."""
+    return text.replace(workdir + os.sep, "") if text else text
 
 
 def _first(text: str, limit: int) -> str:
@@ -229,7 +236,8 @@ def run_native(program: NativeProgram, limits: SandboxLimits = SandboxLimits(), 
             elif status == TIMED_OUT:
                 error = f"compiling: {error}"
             if status is not None:
-                return ExecResult(status, error, round(time.monotonic() - start, 4), (out + err)[-_OUTPUT_TAIL:])
+                return ExecResult(status, _relative(error, workdir), round(time.monotonic() - start, 4),
+                                  _relative(out + err, workdir)[-_OUTPUT_TAIL:])
         run_start = time.monotonic()
         status, error, rc, out, err = _run_step(workdir, outdir, run, limits, nproc)
         if status is None:
@@ -241,7 +249,8 @@ def run_native(program: NativeProgram, limits: SandboxLimits = SandboxLimits(), 
                 status, error = _describe_exit(rc, run.cpu_s, time.monotonic() - run_start)
                 if err.strip():
                     error += f": {_first(err, 500)}"
-        return ExecResult(status, error, round(time.monotonic() - start, 4), (out + err)[-_OUTPUT_TAIL:])
+        return ExecResult(status, _relative(error, workdir), round(time.monotonic() - start, 4),
+                          _relative(out + err, workdir)[-_OUTPUT_TAIL:])
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
         shutil.rmtree(outdir, ignore_errors=True)
@@ -263,8 +272,7 @@ def run_jobs(
     native_nproc = _native_nproc_limit(workers)
     results: list[ExecResult | None] = [None] * len(jobs)
     lock = threading.Lock()
-    go_cache = tempfile.mkdtemp(prefix="mftcoder-gocache-") if any(
-        isinstance(j, NativeProgram) and j.language == "go" for j in jobs) else None
+    go_cache = _go_cache() if any(isinstance(j, NativeProgram) and j.language == "go" for j in jobs) else None
 
     def one(i: int) -> None:
         job = jobs[i]
@@ -280,13 +288,18 @@ def run_jobs(
             with lock:
                 progress(i, res)
 
-    try:
-        with ThreadPoolExecutor(max_workers=workers) as pool:
-            list(pool.map(one, range(len(jobs))))
-    finally:
-        if go_cache:
-            shutil.rmtree(go_cache, ignore_errors=True)
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        list(pool.map(one, range(len(jobs))))
     return results  # type: ignore[return-value]
+
+
+@lru_cache(maxsize=None)
+def _go_cache() -> str:
+    """One Go build cache per process (testify and the standard library compile once, not once per program),
+    written by the compiler only; removed when the process ends."""
+    path = tempfile.mkdtemp(prefix="mftcoder-gocache-")
+    atexit.register(shutil.rmtree, path, ignore_errors=True)
+    return path
 
 
 def _native_nproc_limit(workers: int) -> int:

@@ -105,8 +105,10 @@ def _multipl_e(row: dict, where: str, index: int, stem: str) -> Problem:
     except ValueError as e:
         raise ValueError(f"{where}: language: {e}") from None
     entry = _last_python_def(row["prompt"]) if lang.key == "python" else None
-    return Problem(row["name"], row["prompt"], row["tests"], entry, row.get("canonical_solution"), lang.key,
-                   "multipl-e", tuple(stops))
+    # MultiPL-E gives every language the same names: the task_id carries the language (samples may use the bare
+    # name when it is unambiguous in the run)
+    return Problem(f"{lang.key}/{row['name']}", row["prompt"], row["tests"], entry, row.get("canonical_solution"),
+                   lang.key, "multipl-e", tuple(stops), extra={"name": row["name"]})
 
 
 def _mbpp(row: dict, where: str, index: int, stem: str) -> Problem:
