@@ -124,3 +124,54 @@ def test_bad_arguments_are_refused_with_the_valid_choices(capsys):
     with pytest.raises(SystemExit):
         bench.parse_args(["--threads", "0"])
     assert bench.parse_args(["--sections", "ce,tok"]).sections == ["tokenisation", "cross_entropy"]
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# benchmarks/bench_code_eval.py --quick: every language with a toolchain is timed and every canonical sample passes
+
+CODE_EVAL_SCRIPT = ROOT / "benchmarks" / "bench_code_eval.py"
+
+
+def _runnable(languages: list[str]) -> list[str]:
+    from mftcoder.eval.languages import LANGUAGES, missing_requirements
+    from mftcoder.eval.native_sandbox import bwrap_path
+
+    return [lang for lang in languages if not missing_requirements(LANGUAGES[lang], "humaneval-x")
+            and (lang == "python" or bwrap_path() is not None)]
+
+
+def _code_eval_quick(tmp_path, languages: list[str]) -> dict:
+    out = tmp_path / "code_eval.json"
+    proc = subprocess.run([sys.executable, str(CODE_EVAL_SCRIPT), "--quick", "--languages", ",".join(languages),
+                           "--json", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "samples/s" in proc.stdout and "2/1" in proc.stdout  # the side-by-side table
+    with open(out) as f:
+        return json.load(f)
+
+
+def _check_code_eval(results: dict, languages: list[str]) -> None:
+    ready = _runnable(languages)
+    assert sorted(results["languages"]) == sorted(ready)
+    assert sorted(results["skipped_languages"]) == sorted(set(languages) - set(ready))  # named, never timed as 0
+    for lang, row in results["languages"].items():
+        assert row["samples_per_s"] > 0 and row["speedup"] > 0, lang
+        assert set(row["runs"]) == {"1", "2"}
+        for run in row["runs"].values():
+            assert run["samples"] == 2 and run["passed"] == 2 and run["not_passed"] == [], (lang, run)
+
+
+def test_code_eval_benchmark_quick(tmp_path):
+    """Every language but Go (whose first build of testing + testify into a fresh cache takes ~10 CPU s)."""
+    languages = ["python", "cpp", "java", "js", "rust"]
+    if not _runnable(languages[1:]):
+        pytest.skip("no compiled-language toolchain or bubblewrap here")
+    _check_code_eval(_code_eval_quick(tmp_path, languages), languages)
+
+
+@pytest.mark.slow
+def test_code_eval_benchmark_quick_go(tmp_path):
+    if not _runnable(["go"]):
+        pytest.skip("the Go toolchain (golang-go, testify) or bubblewrap is missing")
+    _check_code_eval(_code_eval_quick(tmp_path, ["go"]), ["go"])

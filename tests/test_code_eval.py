@@ -212,3 +212,22 @@ def test_generate_on_a_cpp_file_records_raw_answers_and_statuses(tiny_chat_model
     assert all(line["status"] in ("failed", "compile error") for line in lines)  # a tiny random model
     assert first["prompt_format"]["example"].startswith("<s>human\n// language: C++\n")
     assert first["per_language"]["cpp"]["n_problems"] == 2 and first["pass@1"] == 0.0
+
+
+def test_humaneval_x_rust_declarations_get_their_crates(tmp_path):
+    """HumanEval-X's Rust declarations import rand, regex and md5: built once from the packaged crate sources and
+    passed to rustc, so a solution that uses all three passes (and the sandbox sees them even under /tmp)."""
+    from mftcoder.eval.rust_crates import crate_args
+
+    if not _runnable("rust", "humaneval-x") or crate_args()[1]:
+        pytest.skip(f"rust or its crates missing: {crate_args()[1]}")
+    path = os.path.join(DATA, "humanevalx", "rust_crates.jsonl")
+    problem = load_problems(path)[0]
+    assert "use rand::Rng;" in problem.extra["declaration"] and "md5::compute" in problem.canonical_solution
+    good = _score(tmp_path, "good", [path], "--canonical")
+    assert good["pass@1"] == 1.0, good["per_problem"]
+    broken = tmp_path / "broken.jsonl"
+    broken.write_text(json.dumps({"task_id": problem.task_id, "completion": "    md5::nonexistent()\n}\n"}) + "\n")
+    bad = _score(tmp_path, "bad", [path], "--samples", str(broken))
+    assert bad["per_problem"][problem.task_id]["status"] == "compile error"
+    assert "nonexistent" in bad["per_problem"][problem.task_id]["results"][0]["error"]

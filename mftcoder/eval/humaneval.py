@@ -190,12 +190,16 @@ def require_toolchains(problems: list[Problem], skip_missing: bool) -> tuple[lis
     `skip_missing` those languages left out and named in the results."""
     from mftcoder.eval.languages import LANGUAGES, missing_requirements
     from mftcoder.eval.native_sandbox import bwrap_path
+    from mftcoder.eval.rust_crates import crate_args, needs_crates
 
     missing: dict[str, str] = {}
     for lang, harness in sorted({(p.language, p.harness) for p in problems}):
         needs = missing_requirements(LANGUAGES[lang], harness)
         if lang != "python" and bwrap_path() is None:
             needs.append("`bwrap`, the sandbox of compiled languages (apt-get install bubblewrap)")
+        if lang == "rust" and not needs and any(
+                needs_crates(p.prompt + p.extra.get("declaration", "")) for p in problems if p.language == "rust"):
+            needs += [why for why in [crate_args()[1]] if why]
         if needs:
             missing[lang] = f"{LANGUAGES[lang].display} needs " + ", ".join(needs)
     if missing and not skip_missing:

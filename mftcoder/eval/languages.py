@@ -3,7 +3,9 @@ run, per harness (HumanEval-X builds C++ as C++11 and links OpenSSL; MultiPL-E b
 and javatuples on the class path), as the published harnesses do.
 
 A `Build` is a list of argv templates filled with `{src}` (the program file), `{exe}` (the binary) and `{heap_mb}`
-(the JVM heap, from the sandbox memory limit); tools are resolved to absolute paths before they run in the sandbox.
+(the JVM heap, from the sandbox memory limit); `{rust_crates}` stands for the `--extern` arguments of the crates
+HumanEval-X's Rust declarations import (`rust_crates.py`), present only when the program uses them. Tools are
+resolved to absolute paths before they run in the sandbox.
 """
 from __future__ import annotations
 
@@ -79,7 +81,7 @@ LANGUAGES: dict[str, Language] = {
                  }),
         Language("rust", "Rust", "//", ("rust", "rs"), ("rust", "rs"), ("rustc",), "rustc", {
             "humaneval-x": Build("main.rs", (("rustc", "--edition", "2021", "--test", "-C", "debuginfo=0", "{src}",
-                                              "-o", "{exe}"),), ("{exe}", "--test-threads=1")),
+                                              "-o", "{exe}", "{rust_crates}"),), ("{exe}", "--test-threads=1")),
             "default": Build("main.rs", (("rustc", "--edition", "2021", "-C", "debuginfo=0", "{src}", "-o", "{exe}"),),
                              ("{exe}",)),
         }),

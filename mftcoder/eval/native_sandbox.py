@@ -32,6 +32,7 @@ from functools import lru_cache
 from typing import Callable, Sequence
 
 from mftcoder.eval.languages import Build, language_for, tool_path
+from mftcoder.eval.rust_crates import crate_args, needs_crates
 from mftcoder.eval.sandbox import (COMPILE_ERROR, FAILED, PASSED, TIMED_OUT, ExecResult, SandboxLimits, _kill_group,
                                    _nproc_limit, run_program)
 
@@ -61,6 +62,7 @@ class _Step:
     as_nobody: bool
     env: dict[str, str]
     binds: tuple[str, ...] = ()  # extra writable directories (the Go build cache, for the compiler only)
+    read_only: tuple[str, ...] = ()  # directories to show again above the private /tmp (the Rust crates)
 
 
 def bwrap_path() -> str | None:
@@ -95,6 +97,8 @@ def _sandbox_argv(workdir: str, step: _Step) -> list[str]:
     argv += ["--bind", workdir, workdir]
     for path in step.binds:
         argv += ["--bind", path, path]
+    for path in step.read_only:
+        argv += ["--ro-bind", path, path]
     # Not --unshare-all: as root that would add a user namespace, in which the process-count limit never binds.
     argv += ["--unshare-pid", "--unshare-net", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try",
              "--die-with-parent", "--new-session", "--chdir", workdir, "--clearenv"]
@@ -191,8 +195,10 @@ def _describe_exit(rc: int, cpu_s: int, duration: float) -> tuple[str, str]:
     return FAILED, f"exit status {rc}"
 
 
-def _fill(template: Sequence[str], src: str, exe: str, heap_mb: int) -> list[str]:
-    argv = [part.format(src=src, exe=exe, heap_mb=heap_mb) for part in template]
+def _fill(template: Sequence[str], src: str, exe: str, heap_mb: int, crates: Sequence[str] = ()) -> list[str]:
+    argv: list[str] = []
+    for part in template:
+        argv += list(crates) if part == "{rust_crates}" else [part.format(src=src, exe=exe, heap_mb=heap_mb)]
     if not argv[0].startswith(("/", "./")):
         argv[0] = tool_path(argv[0]) or argv[0]
     return argv
@@ -203,17 +209,23 @@ def _base_env(workdir: str) -> dict[str, str]:
             "OMP_NUM_THREADS": "1", "GOMAXPROCS": "2"}
 
 
-def _steps(build: Build, workdir: str, limits: SandboxLimits, go_cache: str | None) -> tuple[list[_Step], _Step]:
+def _steps(build: Build, workdir: str, limits: SandboxLimits, go_cache: str | None,
+           crates: Sequence[str] = ()) -> tuple[list[_Step], _Step]:
     src, exe = os.path.join(workdir, build.source), os.path.join(workdir, "main.bin")
     env = _base_env(workdir) | dict(build.env)
     heap_mb = max(64, limits.memory_mb * 3 // 4)
     compile_env = env | ({"GOCACHE": go_cache} if go_cache else {})
-    compiles = [_Step(_fill(argv, src, exe, heap_mb), limits.compile_timeout_s, limits.compile_memory_mb,
+    compiles = [_Step(_fill(argv, src, exe, heap_mb, crates), limits.compile_timeout_s, limits.compile_memory_mb,
                       max(1, int(limits.compile_timeout_s + 0.999)), _COMPILE_PROCESSES, False, compile_env,
-                      (go_cache,) if go_cache else ()) for argv in build.compile]
+                      (go_cache,) if go_cache else (), _crate_dirs(crates)) for argv in build.compile]
     run = _Step(_fill(build.run, src, exe, heap_mb), limits.timeout_s, limits.memory_mb, limits.cpu_seconds,
                 limits.max_processes, True, env)
     return compiles, run
+
+
+def _crate_dirs(crates: Sequence[str]) -> tuple[str, ...]:
+    """The `-L dependency=DIR` directories (they may lie under /tmp, which the sandbox replaces)."""
+    return tuple(arg.split("=", 1)[1] for arg in crates if arg.startswith("dependency="))
 
 
 def run_native(program: NativeProgram, limits: SandboxLimits = SandboxLimits(), nproc: int | None = None,
@@ -228,7 +240,8 @@ def run_native(program: NativeProgram, limits: SandboxLimits = SandboxLimits(), 
             os.chown(workdir, NOBODY, NOBODY)  # the test run is `nobody` and may write only here
         with open(os.path.join(workdir, build.source), "w", encoding="utf-8") as f:
             f.write(program.source)
-        compiles, run = _steps(build, workdir, limits, go_cache if program.language == "go" else None)
+        crates = crate_args()[0] if program.language == "rust" and needs_crates(program.source) else ()
+        compiles, run = _steps(build, workdir, limits, go_cache if program.language == "go" else None, crates)
         for step in compiles:
             status, error, rc, out, err = _run_step(workdir, outdir, step, limits, nproc)
             if status is None and rc != 0:
