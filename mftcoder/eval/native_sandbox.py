@@ -24,9 +24,7 @@ import shutil
 import signal
 import subprocess
 import tempfile
-import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Callable, Sequence
@@ -34,7 +32,7 @@ from typing import Callable, Sequence
 from mftcoder.eval.languages import Build, language_for, tool_path
 from mftcoder.eval.rust_crates import crate_args, needs_crates
 from mftcoder.eval.sandbox import (COMPILE_ERROR, FAILED, PASSED, TIMED_OUT, ExecResult, SandboxLimits, _kill_group,
-                                   _nproc_limit, run_program)
+                                   _nproc_limit, run_parallel, run_program)
 
 NOBODY = 65534
 _TMPFS_BYTES = 64 << 20
@@ -283,27 +281,15 @@ def run_jobs(
     workers = max(1, workers or os.cpu_count() or 1)
     python_nproc = _nproc_limit(limits.max_processes, workers)
     native_nproc = _native_nproc_limit(workers)
-    results: list[ExecResult | None] = [None] * len(jobs)
-    lock = threading.Lock()
     go_cache = _go_cache() if any(isinstance(j, NativeProgram) and j.language == "go" for j in jobs) else None
 
-    def one(i: int) -> None:
+    def one(i: int) -> ExecResult:
         job = jobs[i]
-        try:
-            if isinstance(job, NativeProgram) and job.language != "python":
-                res = run_native(job, limits, native_nproc, go_cache)
-            else:
-                res = run_program(job.source if isinstance(job, NativeProgram) else job, limits, python_nproc)
-        except Exception as e:  # a failure of the harness on one sample must not lose the others
-            res = ExecResult(FAILED, f"sandbox error: {type(e).__name__}: {e}")
-        results[i] = res
-        if progress is not None:
-            with lock:
-                progress(i, res)
+        if isinstance(job, NativeProgram) and job.language != "python":
+            return run_native(job, limits, native_nproc, go_cache)
+        return run_program(job.source if isinstance(job, NativeProgram) else job, limits, python_nproc)
 
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        list(pool.map(one, range(len(jobs))))
-    return results  # type: ignore[return-value]
+    return run_parallel(len(jobs), one, workers, progress)
 
 
 @lru_cache(maxsize=None)

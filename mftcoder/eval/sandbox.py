@@ -243,31 +243,38 @@ def run_program(program: str, limits: SandboxLimits = SandboxLimits(), nproc: in
         shutil.rmtree(workdir, ignore_errors=True)
 
 
-def run_programs(
-    programs: Sequence[str],
-    limits: SandboxLimits = SandboxLimits(),
-    workers: int | None = None,
-    progress: Callable[[int, ExecResult], None] | None = None,
-) -> list[ExecResult]:
-    """Run each program in its own sandboxed process, `workers` at a time; results in input order."""
-    workers = max(1, workers or os.cpu_count() or 1)
-    nproc = _nproc_limit(limits.max_processes, workers)
-    results: list[ExecResult | None] = [None] * len(programs)
+def run_parallel(count: int, run_one: Callable[[int], ExecResult], workers: int,
+                 progress: Callable[[int, ExecResult], None] | None = None) -> list[ExecResult]:
+    """run_one(0..count-1) on `workers` threads (each starts its own sandboxed process); results in input order.
+    A failure of the harness on one sample is that sample's result and never loses the others."""
+    results: list[ExecResult | None] = [None] * count
     lock = threading.Lock()
 
     def one(i: int) -> None:
         try:
-            res = run_program(programs[i], limits, nproc)
-        except Exception as e:  # a failure of the harness on one sample must not lose the others
+            res = run_one(i)
+        except Exception as e:
             res = ExecResult(FAILED, f"sandbox error: {type(e).__name__}: {e}")
         results[i] = res
         if progress is not None:
             with lock:
                 progress(i, res)
 
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        list(pool.map(one, range(len(programs))))
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        list(pool.map(one, range(count)))
     return results  # type: ignore[return-value]
+
+
+def run_programs(
+    programs: Sequence[str],
+    limits: SandboxLimits = SandboxLimits(),
+    workers: int | None = None,
+    progress: Callable[[int, ExecResult], None] | None = None,
+) -> list[ExecResult]:
+    """Run each Python program in its own sandboxed process, `workers` at a time; results in input order."""
+    workers = max(1, workers or os.cpu_count() or 1)
+    nproc = _nproc_limit(limits.max_processes, workers)
+    return run_parallel(len(programs), lambda i: run_program(programs[i], limits, nproc), workers, progress)
 
 
 def check_sandbox(limits: SandboxLimits = SandboxLimits()) -> None:
