@@ -298,6 +298,7 @@ def run_record(args, problems, completions, per_problem, ks, scores, limits) -> 
         "mbpp": {"split": args.mbpp_split, "prompt_shots": shots[0] if len(shots) == 1 else shots} if shots else None,
         "limit": args.limit,
         "sandbox": {"timeout_s": limits.timeout_s, "compile_timeout_s": limits.compile_timeout_s,
+                    "compile_file_size_mb": limits.compile_file_size_mb,
                     "memory_mb": limits.memory_mb, "file_size_mb": limits.file_size_mb,
                     "max_processes": limits.max_processes, "workers": args.workers or os.cpu_count()},
         "versions": package_versions(),

@@ -57,6 +57,7 @@ class _Step:
     memory_mb: int
     cpu_s: int
     max_processes: int
+    file_size_mb: int
     as_nobody: bool
     env: dict[str, str]
     binds: tuple[str, ...] = ()  # extra writable directories (the Go build cache, for the compiler only)
@@ -113,7 +114,7 @@ def _sandbox_argv(workdir: str, step: _Step) -> list[str]:
 def _limits_argv(step: _Step, limits: SandboxLimits, nproc: int | None) -> list[str]:
     mib = 1024 * 1024
     argv = [shutil.which("prlimit") or "prlimit", f"--data={step.memory_mb * mib}", f"--cpu={step.cpu_s}:{step.cpu_s + 1}",
-            f"--fsize={limits.file_size_mb * mib}", f"--nofile={limits.max_open_files}", "--core=0"]
+            f"--fsize={step.file_size_mb * mib}", f"--nofile={limits.max_open_files}", "--core=0"]
     if nproc is not None and step.as_nobody:
         argv.append(f"--nproc={nproc}")
     return argv + ["--"]
@@ -125,8 +126,9 @@ def _relative(text: str | None, workdir: str) -> str | None:
 
 
 def _first(text: str, limit: int) -> str:
-    """The start of a message: compilers and runtimes name the first error first."""
-    text = text.strip()
+    """The start of a message: compilers and runtimes name the first error first. Very long lines (a linker's
+    command line) are shortened, so the lines after them still show."""
+    text = "\n".join(line if len(line) <= 300 else line[:300] + " ..." for line in text.strip().splitlines())
     return text if len(text) <= limit else text[:limit] + " ..."
 
 
@@ -214,10 +216,11 @@ def _steps(build: Build, workdir: str, limits: SandboxLimits, go_cache: str | No
     heap_mb = max(64, limits.memory_mb * 3 // 4)
     compile_env = env | ({"GOCACHE": go_cache} if go_cache else {})
     compiles = [_Step(_fill(argv, src, exe, heap_mb, crates), limits.compile_timeout_s, limits.compile_memory_mb,
-                      max(1, int(limits.compile_timeout_s + 0.999)), _COMPILE_PROCESSES, False, compile_env,
+                      max(1, int(limits.compile_timeout_s + 0.999)), _COMPILE_PROCESSES, limits.compile_file_size_mb,
+                      False, compile_env,
                       (go_cache,) if go_cache else (), _crate_dirs(crates)) for argv in build.compile]
     run = _Step(_fill(build.run, src, exe, heap_mb), limits.timeout_s, limits.memory_mb, limits.cpu_seconds,
-                limits.max_processes, True, env)
+                limits.max_processes, limits.file_size_mb, True, env)
     return compiles, run
 
 
@@ -318,7 +321,7 @@ def _native_nproc_limit(workers: int) -> int:
 
 def check_native_sandbox() -> None:
     """Fail loudly if bubblewrap cannot start a sandbox here (e.g. user namespaces disabled for non-root)."""
-    done = subprocess.run(_sandbox_argv(tempfile.gettempdir(), _Step(["/bin/true"], 10, 256, 10, 4, True, {})),
+    done = subprocess.run(_sandbox_argv(tempfile.gettempdir(), _Step(["/bin/true"], 10, 256, 10, 4, 1, True, {})),
                           capture_output=True, text=True, timeout=30)
     if done.returncode != 0:
         raise RuntimeError(f"the sandbox of compiled languages (bubblewrap) does not start here: {done.stderr.strip()} "

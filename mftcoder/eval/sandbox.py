@@ -50,10 +50,11 @@ class SandboxLimits:
     guard: bool = True  # disable dangerous functions (turn off only to test the outer layers)
     compile_timeout_s: float = 60.0  # wall clock per compiler run (compiled languages)
     compile_memory_mb: int = 4096  # data-segment limit of a compiler run
+    compile_file_size_mb: int = 256  # largest file a compiler run may write (a Rust test binary with an unstripped std is 18 MB)
 
     def __post_init__(self):
         for name in ("timeout_s", "memory_mb", "file_size_mb", "max_processes", "max_open_files", "compile_timeout_s",
-                     "compile_memory_mb"):
+                     "compile_memory_mb", "compile_file_size_mb"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"sandbox limit {name} must be > 0, got {getattr(self, name)}")
         if self.cpu_s is not None and self.cpu_s < 1:
