@@ -32,12 +32,11 @@ from typing import Callable, Sequence
 from mftcoder.eval.languages import Build, language_for, tool_path
 from mftcoder.eval.rust_crates import crate_args, needs_crates
 from mftcoder.eval.sandbox import (COMPILE_ERROR, FAILED, PASSED, TIMED_OUT, ExecResult, SandboxLimits, _kill_group,
-                                   _nproc_limit, run_parallel, run_program)
+                                   _nproc_limit, run_parallel, run_program, watch)
 
 NOBODY = 65534
 _TMPFS_BYTES = 64 << 20
 _OUTPUT_TAIL = 2000
-_WATCHDOG_INTERVAL_S = 0.1
 _THREADS_PER_PROGRAM = 256  # the JVM, V8 and Go runtimes start dozens of threads; RLIMIT_NPROC counts threads
 _COMPILE_PROCESSES = 64  # `go test -c` runs the compiler and linker as children
 
@@ -156,23 +155,10 @@ def _run_step(workdir: str, outdir: str, step: _Step, limits: SandboxLimits, npr
     with open(out_path, "wb") as out, open(err_path, "wb") as err:
         proc = subprocess.Popen(_limits_argv(step, limits, nproc) + _sandbox_argv(workdir, step),
                                 stdin=subprocess.DEVNULL, stdout=out, stderr=err, start_new_session=True)
-    status, error = None, None
     try:
-        deadline = time.monotonic() + step.timeout_s
-        while True:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                status, error = TIMED_OUT, f"wall-clock timeout after {step.timeout_s:g} s"
-                break
-            try:
-                proc.wait(timeout=min(_WATCHDOG_INTERVAL_S, remaining))
-                break
-            except subprocess.TimeoutExpired:
-                # bwrap and its init are two of the processes; the limit is on the program's own
-                members = len(_descendants(proc.pid)) - 1
-                if members > step.max_processes:
-                    status, error = FAILED, f"killed: {members} processes, more than the limit of {step.max_processes}"
-                    break
+        # bwrap and its init are two of the processes; the limit is on the program's own
+        status, error = watch(proc, time.monotonic() + step.timeout_s, step.timeout_s, step.max_processes,
+                              lambda: len(_descendants(proc.pid)) - 1)
     finally:
         for pid in _descendants(proc.pid):  # also after a normal exit: nothing it started may outlive it
             try:

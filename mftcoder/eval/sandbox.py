@@ -175,6 +175,23 @@ def _tail(path: str) -> str:
         return ""
 
 
+def watch(proc: subprocess.Popen, deadline: float, timeout_s: float, max_processes: int,
+          count_processes: Callable[[], int]) -> tuple[str | None, str | None]:
+    """Wait for `proc` until `deadline`, checking its process count every interval: (None, None) when it ended by
+    itself, else (status, why) of the limit it hit (the caller kills it)."""
+    while True:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return TIMED_OUT, f"wall-clock timeout after {timeout_s:g} s"
+        try:
+            proc.wait(timeout=min(_WATCHDOG_INTERVAL_S, remaining))
+            return None, None
+        except subprocess.TimeoutExpired:
+            members = count_processes()
+            if members > max_processes:
+                return FAILED, f"killed: {members} processes, more than the limit of {max_processes}"
+
+
 def run_program(program: str, limits: SandboxLimits = SandboxLimits(), nproc: int | None = None) -> ExecResult:
     """Execute `program` in a fresh sandboxed process; passed only if it runs to its end without an exception."""
     workdir = tempfile.mkdtemp(prefix="mftcoder-sandbox-")
@@ -202,21 +219,8 @@ def run_program(program: str, limits: SandboxLimits = SandboxLimits(), nproc: in
             proc.stdin.close()
         except (BrokenPipeError, OSError):
             pass  # it died before reading: reported below from its exit status
-        status, error = None, None
-        deadline = start + limits.timeout_s
-        while True:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                status, error = TIMED_OUT, f"wall-clock timeout after {limits.timeout_s:g} s"
-                break
-            try:
-                proc.wait(timeout=min(_WATCHDOG_INTERVAL_S, remaining))
-                break
-            except subprocess.TimeoutExpired:
-                members = len(_group_members(proc.pid))
-                if members > limits.max_processes:
-                    status, error = FAILED, f"killed: {members} processes, more than the limit of {limits.max_processes}"
-                    break
+        status, error = watch(proc, start + limits.timeout_s, limits.timeout_s, limits.max_processes,
+                              lambda: len(_group_members(proc.pid)))
         _kill_group(proc.pid)  # also after a normal exit: nothing it started may outlive it
         proc.wait()
         duration = time.monotonic() - start
