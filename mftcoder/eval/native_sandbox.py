@@ -32,7 +32,8 @@ from typing import Callable, Sequence
 from mftcoder.eval.languages import Build, language_for, tool_path
 from mftcoder.eval.rust_crates import crate_args, needs_crates
 from mftcoder.eval.sandbox import (COMPILE_ERROR, FAILED, PASSED, TIMED_OUT, ExecResult, SandboxLimits, _kill_group,
-                                   _nproc_limit, run_parallel, run_program, watch)
+                                   _nproc_limit, _tail, run_parallel, run_program,
+                                   user_tasks, watch)
 
 NOBODY = 65534
 _TMPFS_BYTES = 64 << 20
@@ -135,16 +136,6 @@ def _head(path: str) -> str:
     try:
         with open(path, "rb") as f:
             return f.read(_OUTPUT_TAIL).decode("utf-8", "replace")
-    except OSError:
-        return ""
-
-
-def _tail(path: str) -> str:
-    try:
-        with open(path, "rb") as f:
-            f.seek(0, os.SEEK_END)
-            f.seek(max(0, f.tell() - _OUTPUT_TAIL))
-            return f.read().decode("utf-8", "replace")
     except OSError:
         return ""
 
@@ -293,16 +284,7 @@ def _go_cache() -> str:
 def _native_nproc_limit(workers: int) -> int:
     """RLIMIT_NPROC of test runs: what their user (`nobody` for root, else ourselves) already runs, plus room for
     every worker's runtime threads. It stops a fork bomb early; the watchdog enforces max_processes exactly."""
-    uid = NOBODY if os.getuid() == 0 else os.getuid()
-    tasks = 0
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                if os.stat(f"/proc/{entry}").st_uid == uid:
-                    tasks += len(os.listdir(f"/proc/{entry}/task"))
-            except OSError:
-                continue
-    return tasks + workers * _THREADS_PER_PROGRAM
+    return user_tasks(NOBODY if os.getuid() == 0 else os.getuid()) + workers * _THREADS_PER_PROGRAM
 
 
 def check_native_sandbox() -> None:

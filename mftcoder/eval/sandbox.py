@@ -117,6 +117,11 @@ def _nproc_limit(max_processes: int, workers: int) -> int | None:
     uid = os.getuid()
     if uid == 0:
         return None
+    return user_tasks(uid) + workers * (max_processes + 4)
+
+
+def user_tasks(uid: int) -> int:
+    """Tasks (threads) the user runs now: what RLIMIT_NPROC counts."""
     tasks = 0
     for entry in os.listdir("/proc"):
         if entry.isdigit():
@@ -125,7 +130,7 @@ def _nproc_limit(max_processes: int, workers: int) -> int | None:
                     tasks += len(os.listdir(f"/proc/{entry}/task"))
             except OSError:
                 continue
-    return tasks + workers * (max_processes + 4)
+    return tasks
 
 
 def _child_env(workdir: str) -> dict[str, str]:
