@@ -18,16 +18,17 @@ import argparse
 import json
 import math
 import os
-import platform
 import sys
 import tempfile
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
-if REPO not in sys.path:
-    sys.path.insert(0, REPO)
+for _p in (REPO, HERE):
+    if _p not in sys.path:
+        sys.path.insert(0, _p)
 
+from bench_training import host  # noqa: E402  (shared helpers)
 from mftcoder.eval.humaneval import load_problem_files, read_samples, require_toolchains, score  # noqa: E402
 from mftcoder.eval.languages import LANGUAGES  # noqa: E402
 from mftcoder.eval.sandbox import PASSED, SandboxLimits  # noqa: E402
@@ -95,15 +96,7 @@ def report(results: dict) -> str:
 
 
 def machine() -> dict:
-    cpu = "unknown"
-    try:
-        with open("/proc/cpuinfo") as fh:
-            cpu = next((ln.split(":", 1)[1].strip() for ln in fh if ln.startswith("model name")), cpu)
-    except OSError:
-        pass
-    load = os.getloadavg() if hasattr(os, "getloadavg") else None
-    return {"cpu": cpu, "cpu_count": os.cpu_count(), "load_average": load, "python": platform.python_version(),
-            "platform": platform.platform()}
+    return host() | {"load_average": os.getloadavg() if hasattr(os, "getloadavg") else None}
 
 
 def parse_args(argv=None):

@@ -31,7 +31,6 @@ import hashlib
 import json
 import math
 import os
-import platform
 import random
 import resource
 import shutil
@@ -46,7 +45,7 @@ for _p in (REPO, HERE):
     if _p not in sys.path:
         sys.path.insert(0, _p)
 
-from bench_training import _fmt, _reset_peak_rss, _status_kib, ratio, write_results  # noqa: E402  (shared helpers)
+from bench_training import _fmt, _reset_peak_rss, _status_kib, host, ratio, write_results  # noqa: E402  (shared helpers)
 
 VARIANTS = ("naive", "one", "all")
 TASKS = (("code", "jsonl", 0.45), ("prose", "jsonl", 0.35), ("notes", "txt", 0.20))  # name, format, share of bytes
@@ -379,14 +378,7 @@ def _table(head: list, rows: list) -> str:
 def machine() -> dict:
     import transformers
 
-    cpu = "unknown"
-    try:
-        with open("/proc/cpuinfo") as fh:
-            cpu = next((ln.split(":", 1)[1].strip() for ln in fh if ln.startswith("model name")), cpu)
-    except OSError:
-        pass
-    return {"cpu": cpu, "cpu_count": os.cpu_count(), "python": platform.python_version(),
-            "transformers": transformers.__version__, "platform": platform.platform()}
+    return host() | {"transformers": transformers.__version__}
 
 
 def parse_args(argv=None):

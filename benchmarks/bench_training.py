@@ -460,18 +460,22 @@ def report(results: dict) -> str:
     return "\n\n".join(parts)
 
 
-def machine(args) -> dict:
-    import torch
-    import transformers
-
+def host() -> dict:
+    """The machine a benchmark ran on (every benchmark's JSON records it)."""
     cpu = "unknown"
     try:
         with open("/proc/cpuinfo") as fh:
             cpu = next((ln.split(":", 1)[1].strip() for ln in fh if ln.startswith("model name")), cpu)
     except OSError:
         pass
-    return {"cpu": cpu, "cpu_count": os.cpu_count(), "threads": args.threads, "python": platform.python_version(),
-            "torch": torch.__version__, "transformers": transformers.__version__, "platform": platform.platform()}
+    return {"cpu": cpu, "cpu_count": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()}
+
+
+def machine(args) -> dict:
+    import torch
+    import transformers
+
+    return host() | {"threads": args.threads, "torch": torch.__version__, "transformers": transformers.__version__}
 
 
 # ---------------------------------------------------------------------------------------------------------------------
