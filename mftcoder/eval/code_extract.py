@@ -17,6 +17,7 @@ import re
 from typing import Callable
 
 from mftcoder.eval.postprocess import extract_from_chat, truncate_completion
+from mftcoder.infer.engine import first_stop
 
 BRACE_LANGS = ("cpp", "java", "js", "go", "rust")
 FENCE_ALIASES = {
@@ -247,8 +248,8 @@ def brace_cut(completion: str, prompt: str, lang: str) -> str:
 
 def cut_at_stops(text: str, stops) -> str:
     """`text` cut at the earliest of `stops` (MultiPL-E problems carry their own `stop_tokens`)."""
-    hits = [i for i in (text.find(s) for s in stops if s) if i >= 0]
-    return text[:min(hits)] if hits else text
+    cut = first_stop(text, stops)
+    return text if cut is None else text[:cut]
 
 
 _FENCE_OPEN = re.compile(r"^[ \t]*```[ \t]*([^\s`]*)")

@@ -13,6 +13,7 @@ from typing import Callable
 
 from mftcoder.eval import code_extract
 from mftcoder.eval.postprocess import completion_cut, extract_from_chat, to_completion
+from mftcoder.infer.engine import first_stop
 
 MBPP_END = ("[DONE]", "\n[BEGIN]", "\nYou are an expert Python programmer")
 
@@ -55,21 +56,16 @@ def stop_checker(problem, kind: str) -> Callable[[str], int | None] | None:
     if kind != "completion":
         return None
     if problem.harness == "mbpp":
-        return lambda text: _first_stop(text, MBPP_END)
+        return lambda text: first_stop(text, MBPP_END)
     if problem.language == "python":
         if problem.stop:
-            return lambda text: _first_stop(text, problem.stop)
+            return lambda text: first_stop(text, problem.stop)
         return lambda text: completion_cut(text, problem.entry_point, final=False)
     stops = problem.stop
 
     def brace_stop(text: str) -> int | None:
-        hit = _first_stop(text, stops) if stops else None
+        hit = first_stop(text, stops) if stops else None
         closed = code_extract.closes_prompt(text if hit is None else text[:hit], problem.prompt, problem.language)
         return closed if closed is not None else hit
 
     return brace_stop
-
-
-def _first_stop(text: str, stops) -> int | None:
-    hits = [i for i in (text.find(s) for s in stops if s) if i >= 0]
-    return min(hits) if hits else None

@@ -247,9 +247,6 @@ def run_native(program: NativeProgram, limits: SandboxLimits = SandboxLimits(), 
         shutil.rmtree(outdir, ignore_errors=True)
 
 
-
-
-
 def run_jobs(
     jobs: Sequence[str | NativeProgram],
     limits: SandboxLimits = SandboxLimits(),

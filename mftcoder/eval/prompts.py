@@ -21,7 +21,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-LANGUAGE_TAG = "# language: Python\n"
 INSTRUCTION = (
     "Complete the following {language} function. Answer with the complete function, including the signature, "
     "in one ```{fence} code block.\n\n```{fence}\n{prompt}```"
