@@ -3,6 +3,7 @@
 
     python examples/make_examples.py              # rewrite examples/data/
     python examples/make_examples.py --out DIR    # write the same files under DIR
+    python examples/make_examples.py --heldout 12 --sizes 400,200,100,50 --out DIR  # train split + held-out problems
 
 Four small code tasks are built from one library of short Python functions written for this project:
 
@@ -1443,7 +1444,9 @@ class Variant:
         if self.doc_style == "doctest":
             out.append("")
             for args, expected in self.doctest_cases:
-                out += [f"    >>> {self.call(args)}", f"    {expected!r}"]
+                # the docstring is not raw: double backslashes so that the doctest sees the escape itself
+                for line in (f"    >>> {self.call(args)}", f"    {expected!r}"):
+                    out.append(line.replace("\\", "\\\\"))
         return out + ['    """']
 
     def body_lines(self) -> list[str]:
@@ -1660,15 +1663,16 @@ def fence(code: str) -> str:
 class Builder:
     """Draws variants and test cases for one task from its own seeded RNG."""
 
-    def __init__(self, task: str, seed: int, reference: dict):
+    def __init__(self, task: str, seed: int, reference: dict, exclude: frozenset[str] = frozenset()):
         self.task = task
         self.rng = random.Random(seed)
         self.reference = reference
+        self.exclude = exclude  # library functions this builder never draws (held out for evaluation)
         self._order: list[Fn] = []
 
     def next_fn(self) -> Fn:
         if not self._order:
-            self._order = list(LIBRARY)
+            self._order = [f for f in LIBRARY if f.name not in self.exclude]
             self.rng.shuffle(self._order)
         return self._order.pop()
 
@@ -1733,6 +1737,12 @@ COMPLETE_FOLLOWUPS = ["Now this one:", "Next:", "And this one, please:", ""]
 
 def completion_turn(b: Builder, fn_: Fn, where: str, *, raw: bool) -> tuple[str, str]:
     """One (human, bot) pair: a function head (and maybe part of the body) and its completion."""
+    human, bot, _variant, _prefix = completion_parts(b, fn_, where, raw=raw)
+    return human, bot
+
+
+def completion_parts(b: Builder, fn_: Fn, where: str, *, raw: bool) -> tuple[str, str, Variant, str]:
+    """completion_turn's (human, bot) plus the variant drawn and the code the answer continues."""
     r = b.rng
     variant = b.variant(fn_, doc_styles=("line", "line", "doctest"), cases=all_cases(fn_, b.extra_cases(fn_, 2)))
     body = variant.body_lines()
@@ -1741,13 +1751,13 @@ def completion_turn(b: Builder, fn_: Fn, where: str, *, raw: bool) -> tuple[str,
     rest = "\n".join(body[keep:])
     b.check(variant, prefix + "\n" + rest, where)
     if raw:
-        return prefix, rest
+        return prefix, rest, variant, prefix
     pool = COMPLETE_PARTIAL_PROMPTS if keep else COMPLETE_FULL_PROMPTS
     human = r.choice(pool).format(name=variant.name) + "\n\n" + fence(prefix)
     bot = fence(variant.source())
     if r.random() < 0.25:
         bot += "\n\n" + variant.how()
-    return human, bot
+    return human, bot, variant, prefix
 
 
 def build_completion(b: Builder, index: int) -> list[dict]:
@@ -1956,10 +1966,10 @@ UNIT_LEADS = ["", "", "Here are some tests:\n\n", "Sure, here are pytest tests f
 UNIT_TAILS = ["", "", "", "\n\nRun them with `pytest -q`."]
 
 
-def build_unit_tests(b: Builder, index: int) -> list[dict]:
+def unit_prompt(b: Builder, fn_: Fn, where: str) -> tuple[list[dict], Variant, str, str | None, list]:
+    """The prompt turns of a unit-test sample, the variant shown, its source, its module (or None) and the
+    shuffled cases to test."""
     r = b.rng
-    where = f"{b.task}[{index}]"
-    fn_ = b.next_fn()
     pool = all_cases(fn_, b.extra_cases(fn_, 3))
     r.shuffle(pool)
     variant = b.variant(fn_, doc_styles=("none", "line", "line"))
@@ -1970,6 +1980,24 @@ def build_unit_tests(b: Builder, index: int) -> list[dict]:
     turns = b.maybe_system(TEST_SYSTEMS, 0.3)
     turns.append({"role": "human", "content": template.format(code=fence(function_source), name=variant.name,
                                                               module=module)})
+    return turns, variant, function_source, module, pool
+
+
+def unit_answer(b: Builder, variant: Variant, function_source: str, cases, raises, module: str | None,
+                used: set[str], where: str) -> tuple[str, str]:
+    """pytest code for the cases (run against the function before use) and the bot text around it."""
+    r = b.rng
+    style = r.choice(["functions", "functions", "single", "parametrize"])
+    code = render_tests(b, variant, cases, raises, style, module, used)
+    run_test_code(function_source, code, module, where)
+    return code, r.choice(UNIT_LEADS) + fence(code) + r.choice(UNIT_TAILS)
+
+
+def build_unit_tests(b: Builder, index: int) -> list[dict]:
+    r = b.rng
+    where = f"{b.task}[{index}]"
+    fn_ = b.next_fn()
+    turns, variant, function_source, module, pool = unit_prompt(b, fn_, where)
     multi = r.random() < 0.25
     n_cases = r.randint(2, 4)
     cases, held_back = pool[:n_cases], pool[n_cases:n_cases + 1]
@@ -1980,10 +2008,8 @@ def build_unit_tests(b: Builder, index: int) -> list[dict]:
     elif multi and held_back:
         followup = ("case", held_back)
     used: set[str] = set()
-    style = r.choice(["functions", "functions", "single", "parametrize"])
-    code = render_tests(b, variant, cases, raises, style, module, used)
-    run_test_code(function_source, code, module, where)
-    turns.append({"role": "bot", "content": r.choice(UNIT_LEADS) + fence(code) + r.choice(UNIT_TAILS)})
+    code, bot = unit_answer(b, variant, function_source, cases, raises, module, used, where)
+    turns.append({"role": "bot", "content": bot})
     if followup:
         kind, payload = followup
         if kind == "raises":
@@ -2101,6 +2127,150 @@ def generate() -> dict[str, list[dict]]:
     return files
 
 
+# ---------------------------------------------------------------------------------------------------------------
+# Held-out mode: train on most library functions, keep the others back as problems with an executable check
+# ---------------------------------------------------------------------------------------------------------------
+
+HELDOUT_TASKS = ("code_completion", "text_to_code", "unit_tests")  # code_explain has nothing to execute
+DEFAULT_SIZES = {"code_completion": 250, "text_to_code": 200, "unit_tests": 150, "code_explain": 80}
+
+
+def choose_heldout(count: int, seed: int) -> list[Fn]:
+    """`count` library functions, drawn from the categories in turn (each category shuffled with `seed`)."""
+    if not 1 <= count <= len(LIBRARY) // 2:
+        raise GenerationError(f"--heldout must be between 1 and {len(LIBRARY) // 2}, got {count}")
+    r = random.Random(seed + 5)
+    pools: dict[str, list[Fn]] = {}
+    for f in LIBRARY:
+        pools.setdefault(f.category, []).append(f)
+    for pool in pools.values():
+        r.shuffle(pool)
+    chosen: list[Fn] = []
+    while len(chosen) < count:
+        for pool in pools.values():
+            if pool and len(chosen) < count:
+                chosen.append(pool.pop())
+    return chosen
+
+
+# (builder, index, task size) -> one sample; text_to_code keeps the bundled share of multi-turn samples (1/4)
+TRAIN_BUILDS: dict[str, Callable[[Builder, int, int], list[dict]]] = {
+    "code_completion": lambda b, i, n: build_completion(b, i),
+    "text_to_code": lambda b, i, n: build_text_to_code(b, i, multi_turn=i >= n - n // 4),
+    "unit_tests": lambda b, i, n: build_unit_tests(b, i),
+    "code_explain": lambda b, i, n: build_explain(b, i),
+}
+
+
+def build_train(sizes: dict[str, int], reference: dict, exclude: frozenset[str], seed: int) -> dict[str, list]:
+    """{"<task>/train.jsonl": records} in the bundled record shapes; a task of size 0 gets no file."""
+    files = {}
+    for k, task in enumerate(TASK_DIRS):
+        n = sizes.get(task, 0)
+        if n <= 0:
+            continue
+        b = Builder(task, seed + 1 + k, reference, exclude)
+        samples = make_samples(n, lambda i: TRAIN_BUILDS[task](b, i, n), task)
+        files[f"{task}/train.jsonl"] = [{"messages": t} if task == "code_explain"
+                                        else {"id": f"{task}-{i:04d}", "chat_rounds": t} for i, t in enumerate(samples)]
+    return files
+
+
+def check_source(fn_: Fn) -> str:
+    """`def check(candidate)` over the function's hand-written cases (results compared by repr) and its raises."""
+    lines = ["def check(candidate):"]
+    for args, expected in fn_.cases:
+        call = f"candidate({', '.join(lit(a) for a in args)})"
+        lines.append(f"    assert repr({call}) == {repr(expected)!r}, {call!r}")
+    for args, exc in fn_.raises:
+        call = f"candidate({', '.join(lit(a) for a in args)})"
+        lines += ["    try:", f"        {call}", f"    except {exc.__name__}:", "        pass", "    else:",
+                  f"        raise AssertionError({call + ' did not raise ' + exc.__name__!r})"]
+    return "\n".join(lines)
+
+
+def _problem(task: str, fn_: Fn, prompt: list[dict], mode: str, prefix: str, variant: Variant, test: str,
+             reference: str, module: str | None = None) -> dict:
+    return {"task_id": f"{task}/{fn_.name}", "task": task, "messages": prompt, "mode": mode, "prefix": prefix,
+            "entry_point": variant.name, "test": test, "reference": reference, "module": module}
+
+
+def completion_problem(b: Builder, fn_: Fn, index: int) -> dict:
+    raw = index % 2 == 0  # raw (HumanEval style) and fenced prompts alternate
+    prompt = b.maybe_system(COMPLETION_SYSTEMS if raw else CHAT_SYSTEMS, 0.4)
+    human, bot, variant, prefix = completion_parts(b, fn_, f"heldout/{b.task}/{fn_.name}", raw=raw)
+    prompt.append({"role": "human", "content": human})
+    return _problem(b.task, fn_, prompt, "raw" if raw else "fenced", prefix if raw else "", variant,
+                    check_source(fn_), bot)
+
+
+def text_to_code_problem(b: Builder, fn_: Fn, index: int) -> dict:
+    prompt = b.maybe_system(CHAT_SYSTEMS, 0.4)
+    request, variant = text_request(b, fn_)
+    prompt.append({"role": "human", "content": request})
+    bot = code_answer(b, variant, f"heldout/{b.task}/{fn_.name}")
+    return _problem(b.task, fn_, prompt, "fenced", "", variant, check_source(fn_), bot)
+
+
+def unit_tests_problem(b: Builder, fn_: Fn, index: int) -> dict:
+    where = f"heldout/{b.task}/{fn_.name}"
+    prompt, variant, source, module, pool = unit_prompt(b, fn_, where)
+    cases = pool[:b.rng.randint(2, 4)]
+    raises = list(fn_.raises[:1]) if fn_.raises and b.rng.random() < 0.7 else []
+    _code, bot = unit_answer(b, variant, source, cases, raises, module, set(), where)
+    return _problem(b.task, fn_, prompt, "tests", "", variant, source, bot, module)
+
+
+PROBLEM_BUILDS: dict[str, Callable[[Builder, Fn, int], dict]] = {
+    "code_completion": completion_problem, "text_to_code": text_to_code_problem, "unit_tests": unit_tests_problem,
+}
+
+
+def _verify_check(problem: dict, fn_: Fn) -> None:
+    """The check code must pass the canonical function under the sample's name (the reference answers are run
+    against it in the tests, through the sandbox)."""
+    variant = Variant(fn_, problem["entry_point"], fn_.param_names[0], True, "none", 0)
+    program = variant.source() + "\n\n\n" + problem["test"] + f"\n\n\ncheck({variant.name})\n"
+    try:
+        exec(compile(program, f"<{problem['task_id']}>", "exec"), {"__name__": "heldout_check"})
+    except Exception as e:
+        raise GenerationError(f"{problem['task_id']}: check fails on the library function: {e!r}\n{program}") from None
+
+
+def build_problems(held: list[Fn], reference: dict, seed: int) -> dict[str, list[dict]]:
+    problems = {}
+    for k, task in enumerate(HELDOUT_TASKS):
+        b = Builder(task, seed + 11 + k, reference)
+        problems[task] = []
+        for index, fn_ in enumerate(held):
+            for _attempt in range(50):  # the same length budget as the training samples
+                problem = PROBLEM_BUILDS[task](b, fn_, index)
+                whole = problem["messages"] + [{"role": "bot", "content": problem["reference"]}]
+                if sample_chars(whole) <= MAX_SAMPLE_CHARS and approx_tokens(whole) <= MAX_SAMPLE_TOKENS:
+                    break
+            else:
+                raise GenerationError(f"{problem['task_id']}: no problem within the length budget in 50 attempts")
+            if problem["mode"] != "tests":
+                _verify_check(problem, fn_)
+            problems[task].append(problem)
+    return problems
+
+
+def generate_heldout(sizes: dict[str, int], heldout: int, seed: int = SEED
+                     ) -> tuple[dict[str, list[dict]], dict[str, list[dict]]]:
+    """Training files built only from the library functions not held out, and problems from the held-out ones:
+    ({"<task>/train.jsonl": records}, {task: problems}), one problem per held-out function per executable task."""
+    unknown = sorted(set(sizes) - set(TASK_DIRS))
+    if unknown:
+        raise GenerationError(f"--sizes: unknown task(s) {', '.join(unknown)}; valid: {', '.join(TASK_DIRS)}")
+    if any(not isinstance(n, int) or n < 0 for n in sizes.values()):
+        raise GenerationError(f"--sizes: every size must be an integer >= 0, got {sizes}")
+    reference = validate_library()
+    held = choose_heldout(heldout, seed)
+    train = build_train(sizes, reference, frozenset(f.name for f in held), seed)
+    return train, build_problems(held, reference, seed)
+
+
 def write(files: dict[str, list[dict]], out: Path, task_dirs: tuple[str, ...] = TASK_DIRS) -> None:
     # Remove the jsonl files of our own task folders first, so a renamed file never lingers.
     for task in task_dirs:
@@ -2133,7 +2303,46 @@ def run_generator(argv: list[str] | None, *, doc: str, default_out: Path, genera
     return 0
 
 
+def parse_sizes(text: str | None) -> dict[str, int]:
+    if text is None:
+        return dict(DEFAULT_SIZES)
+    parts = text.split(",")
+    if len(parts) != len(TASK_DIRS) or not all(p.strip().isdigit() for p in parts):
+        raise GenerationError(f"--sizes wants {len(TASK_DIRS)} integers >= 0 separated by commas, for "
+                              f"{', '.join(TASK_DIRS)} (e.g. 400,200,100,50), got {text!r}")
+    return {task: int(p) for task, p in zip(TASK_DIRS, parts)}
+
+
+def run_heldout(out: Path, heldout: int, sizes_text: str | None) -> int:
+    """--heldout mode: DIR/<task>/train.jsonl and DIR/heldout/<task>.jsonl (one problem per line)."""
+    try:
+        train, problems = generate_heldout(parse_sizes(sizes_text), heldout)
+    except GenerationError as e:
+        print(f"make_examples: {e}", file=sys.stderr)
+        return 1
+    problem_files = {f"heldout/{task}.jsonl": rows for task, rows in problems.items()}
+    write(train, out, TASK_DIRS)
+    write(problem_files, out, ("heldout",))
+    for rel, records in {**train, **problem_files}.items():
+        print(f"{len(records):5d}  {out / rel}")
+    print(f"{heldout:5d}  library functions held out (of {len(LIBRARY)})")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, help="output folder (default: examples/data next to this script)")
+    parser.add_argument("--heldout", type=int, metavar="N",
+                        help="hold N library functions out of training and write problems for them (needs --out)")
+    parser.add_argument("--sizes", metavar="CC,TC,UT,EX",
+                        help="with --heldout: training samples per task, in the order " + ",".join(TASK_DIRS))
+    args = parser.parse_args(argv)
+    if args.heldout is not None:
+        if args.out is None:
+            parser.error("--heldout needs --out DIR (it must not overwrite the bundled examples/data)")
+        return run_heldout(args.out, args.heldout, args.sizes)
+    if args.sizes is not None:
+        parser.error("--sizes only applies with --heldout N")
     return run_generator(argv, doc=__doc__, default_out=Path(__file__).resolve().parent / "data", generate=generate,
                          task_dirs=TASK_DIRS, prog="make_examples",
                          what=f"samples from {len(LIBRARY)} library functions")

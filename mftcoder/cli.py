@@ -1,4 +1,5 @@
-"""The `mftcoder` command: train, preprocess, config-schema, merge, extend-vocab, generate, chat, serve, eval."""
+"""The `mftcoder` command: train, preprocess, config-schema, merge, extend-vocab, generate, chat, serve, report,
+eval."""
 from __future__ import annotations
 
 import argparse
@@ -27,6 +28,8 @@ MODULE_COMMANDS = (
      'mftcoder chat --model runs/demo-merged --system "You are a coding assistant."'),
     ("serve", "mftcoder.serve.command", "serve a model: OpenAI-compatible API and a web chat",
      "mftcoder serve --model runs/demo-merged --port 8000"),
+    ("report", "mftcoder.report.command", "plots and tables of a training run (or runs compared) as one HTML page",
+     "mftcoder report runs/demo --compare runs/sft"),
 )
 
 

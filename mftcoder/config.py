@@ -79,6 +79,10 @@ OBJECTIVE_KEYS = {"dpo_beta": ("dpo",), "dpo_loss": ("dpo",), "reference_model_p
                   # pretraining rows are full blocks of the document stream: nothing to pack, nothing too long
                   "padding_mode": ("sft", "dpo", "orpo", "reward"), "overlong_policy": ("sft", "dpo", "orpo", "reward")}
 FIM_ROLES = ("prefix", "middle", "suffix")
+# report_to names and the package each needs (wandb and mlflow come with `pip install 'mftcoder[trackers]'`)
+TRACKER_PACKAGES = {"tensorboard": ("tensorboard", "pip install tensorboard"),
+                    "wandb": ("wandb", "pip install 'mftcoder[trackers]'"),
+                    "mlflow": ("mlflow", "pip install 'mftcoder[trackers]'")}
 
 
 def check_role_markers(role_markers: Optional[dict], template: Optional[str] = None) -> None:
@@ -211,6 +215,11 @@ class TrainConfig(BaseModel):
     # --- run ---------------------------------------------------------------------------------------------------------
     output_dir: str = Field(description="Where checkpoints, metrics.jsonl, data_stats.json and the final model go.")
     tb_dir: Optional[str] = Field(None, description="TensorBoard folder; default <output_dir>/tensorboard.")
+    report_to: Union[Literal["tensorboard", "wandb", "mlflow", "none"], list[Literal["tensorboard", "wandb", "mlflow"]]] = \
+        Field("tensorboard", description='Experiment trackers that get the training scalars: "tensorboard", "wandb", '
+              '"mlflow", "none", or a list such as ["tensorboard", "wandb"] (metrics.jsonl is always written).')
+    tracker_project: str = Field("mftcoder", min_length=1, description="wandb project and MLflow experiment name "
+                                 "(the run is named after output_dir's folder).")
     log_interval: int = Field(1, gt=0, description="Optimizer steps between progress-bar/log updates.")
     checkpointing_steps: Optional[int] = Field(100, gt=0, description="Save checkpoint-<step> every N steps.")
     epoch_checkpointing: bool = Field(False, description="Also save a checkpoint at the end of each epoch.")
@@ -241,6 +250,27 @@ class TrainConfig(BaseModel):
             value = [{"path": v} if isinstance(v, str) else v for v in value]
             if not value:
                 raise ValueError("data_paths is empty; give at least one task folder or .jsonl file")
+        return value
+
+    @field_validator("report_to", mode="before")
+    @classmethod
+    def _report_to(cls, value: Any) -> Any:
+        names = value if isinstance(value, list) else [value]
+        valid = ", ".join(json.dumps(n) for n in (*TRACKER_PACKAGES, "none"))
+        for name in names:
+            if name not in (*TRACKER_PACKAGES, "none"):
+                hint = " ('all' is not accepted: name the trackers)" if name == "all" else ""
+                raise ValueError(f"unknown tracker {json.dumps(name)}{hint}; valid: {valid}, or a list of them such "
+                                 'as ["tensorboard", "wandb"]')
+        if isinstance(value, list):
+            if not value:
+                raise ValueError('an empty list; use "none" to turn the trackers off')
+            if "none" in value:
+                if len(set(value)) > 1:
+                    raise ValueError(f'"none" turns every tracker off and cannot be listed with others '
+                                     f"(got {json.dumps(value)})")
+                return "none"
+            return list(dict.fromkeys(value))  # each tracker once
         return value
 
     @field_validator("task_weights", mode="before")
@@ -350,6 +380,12 @@ class TrainConfig(BaseModel):
         nums += [0.0] * (3 - len(nums))
         total = sum(nums)
         return nums[0] / total, nums[1] / total, nums[2] / total
+
+    @property
+    def trackers(self) -> tuple[str, ...]:
+        """The report_to trackers as a tuple ("none": empty)."""
+        names = self.report_to if isinstance(self.report_to, list) else [self.report_to]
+        return tuple(n for n in names if n != "none")
 
     @property
     def resolved_tb_dir(self) -> str:
@@ -501,6 +537,11 @@ def check_environment(cfg: TrainConfig) -> None:
     if needs_bnb and importlib.util.find_spec("bitsandbytes") is None:
         key = "peft_type='qlora'" if cfg.peft_type == "qlora" else "optimizer='adamw_8bit'"
         raise ConfigError(f"{key} needs bitsandbytes: pip install bitsandbytes (or `pip install 'mftcoder[quant]'`)")
+    for name in cfg.trackers:  # before the model loads: a missing tracker package would fail at the first log
+        module, install = TRACKER_PACKAGES[name]
+        if importlib.util.find_spec(module) is None:
+            raise ConfigError(f"report_to {name!r} needs the {module} package: {install} (or drop {name!r} from "
+                              "report_to)")
     if cfg.router_aux_loss_coef:
         if "router_aux_loss_coef" not in model_config:
             raise ConfigError(f"router_aux_loss_coef={cfg.router_aux_loss_coef} but the model in "

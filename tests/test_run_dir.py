@@ -255,6 +255,7 @@ def test_signal_saves_a_checkpoint_prints_the_resume_command_and_resume_matches(
     assert _checkpoints(out) == [f"checkpoint-{done[-1]}"]  # the step it finished, saved though 50 is the schedule
     assert os.path.isfile(os.path.join(out, f"checkpoint-{done[-1]}", "trainer_state.json"))
     assert not os.path.exists(os.path.join(out, "adapter_model.safetensors"))  # no final model from an interrupt
+    assert not os.path.exists(os.path.join(out, "README.md"))  # nor its model card
     assert f"interrupted by {sig.name} after step {done[-1]}" in err
     command = err.split("Resume with:\n")[1].splitlines()[0].strip()
     assert command.endswith(f"mftcoder/train.py --train_config {cfg_path} --resume_from_checkpoint latest")
@@ -264,6 +265,8 @@ def test_signal_saves_a_checkpoint_prints_the_resume_command_and_resume_matches(
 
     resumed = subprocess.run(shlex.split(command), cwd=REPO, env=ENV, capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
+    card = open(os.path.join(out, "README.md")).read()  # the card gives the command without the resume option
+    assert f"mftcoder/train.py --train_config {cfg_path}\n" in card
     reference = make_cfg(tiny_model_dir, tasks, tmp_path / "reference", **settings)
     train(reference)
     ref, got = train_records(read_records(reference.output_dir)), train_records(read_records(out))

@@ -87,8 +87,10 @@ def make_accelerator(cfg: TrainConfig):
     cuda = torch.cuda.is_available()
     kwargs = process_group_kwargs(backend, cuda, datetime.timedelta(seconds=cfg.init_timeout_seconds))
     _check_accumulation_env(cfg)
+    from mftcoder.trainer.tracking import log_with
+
     acc = Accelerator(gradient_accumulation_steps=cfg.gradient_accumulation_steps, kwargs_handlers=kwargs,
-                      cpu=(not cuda and backend in ("single", "ddp")))
+                      cpu=(not cuda and backend in ("single", "ddp")), log_with=log_with(cfg))
     if acc.distributed_type == DistributedType.DEEPSPEED:
         configure_deepspeed(acc, cfg)
     return acc

@@ -133,15 +133,21 @@ def _launcher_command() -> Optional[list[str]]:
     return found
 
 
-def resume_command(argv: Optional[list[str]] = None, launcher: Optional[list[str]] = None) -> str:
-    """The command the user ran, with `--resume_from_checkpoint latest` in place of any earlier resume option."""
+def launch_command(argv: Optional[list[str]] = None, launcher: Optional[list[str]] = None) -> list[str]:
+    """The command the user ran (the launcher's, under `accelerate launch` or our scripts), without any resume
+    option."""
     launcher = launcher or (None if argv else _launcher_command())
     if launcher:
         head, args = launcher[:1], launcher[1:]
     else:
         argv = argv or list(sys.argv)
         head, args = _program(argv[0]), argv[1:]
-    return shlex.join(head + _without_resume_option(args) + ["--resume_from_checkpoint", "latest"])
+    return head + _without_resume_option(args)
+
+
+def resume_command(argv: Optional[list[str]] = None, launcher: Optional[list[str]] = None) -> str:
+    """The command the user ran, with `--resume_from_checkpoint latest` in place of any earlier resume option."""
+    return shlex.join(launch_command(argv, launcher) + ["--resume_from_checkpoint", "latest"])
 
 
 def _program(prog: str) -> list[str]:

@@ -31,12 +31,14 @@ from mftcoder.objectives import Objective, StepContext, make_objective
 from mftcoder.trainer import backend
 from mftcoder.trainer.batches import TrainBatches, ValidProbe, sharded_batches, to_device
 from mftcoder.trainer.checkpoint import load_checkpoint, read_loop_state, resolve_resume, save_checkpoint
-from mftcoder.trainer.interrupt import StopSignals, exits_quietly_on_ctrl_c, stop_for_signal
+from mftcoder.trainer.interrupt import StopSignals, exits_quietly_on_ctrl_c, launch_command, stop_for_signal
 from mftcoder.trainer.run_dir import owns_output_dir, staged_directory
 from mftcoder.trainer.metrics import MetricsLog
+from mftcoder.trainer.model_card import model_card, write_model_card
 from mftcoder.trainer.optim import check_scheduler, make_optimizer, make_scheduler
 from mftcoder.trainer.precompute import CHECKPOINT_FILE, prepare_precomputed
 from mftcoder.trainer.state import LoopState, StopReason
+from mftcoder.trainer.tracking import check_mlflow_store, start_trackers
 from mftcoder.trainer.summary import last_valid, mean_task_weights, no_train_sample_message, summary_table
 
 log = logging.getLogger("mftcoder")
@@ -86,6 +88,14 @@ class Run:
 @owns_output_dir  # locked, checked against an earlier run, stale temporary folders removed
 def train(cfg: TrainConfig) -> dict:
     run, state = setup(cfg)
+    try:
+        return _train_loop(run, state)
+    finally:
+        run.metrics.close()  # the trackers' runs end on an interrupt or an error too (once)
+
+
+def _train_loop(run: Run, state: LoopState) -> dict:
+    cfg = run.cfg
     if state.step == 0 and run.valid_units:
         first_evaluation(run, state)
     from tqdm import tqdm
@@ -119,6 +129,8 @@ def setup(cfg: TrainConfig) -> tuple[Run, LoopState]:
     schedule, the objective's view of the model, CoBa, and the state restored from a checkpoint."""
     check_environment(cfg)
     acc = backend.make_accelerator(cfg)
+    if acc.is_main_process:
+        check_mlflow_store(cfg)  # report_to mlflow: a store MLflow refuses fails here, before data and model
     from accelerate.utils import set_seed
 
     set_seed(cfg.seed)
@@ -143,7 +155,8 @@ def setup(cfg: TrainConfig) -> tuple[Run, LoopState]:
     run.probe = ValidProbe(run.valid_units, cfg.seed)
     state = _restore(run)
     run.precomputed = prepare_precomputed(run, state.step)  # e.g. DPO's reference log-probs, before the first step
-    run.metrics = MetricsLog(cfg.output_dir, cfg.resolved_tb_dir, acc.is_main_process, resume_step=state.step)
+    tracked = start_trackers(acc, cfg, state.step)  # report_to: TensorBoard, wandb, MLflow (main process)
+    run.metrics = MetricsLog(cfg.output_dir, acc.is_main_process, state.step, acc if tracked else None)
     return run, state
 
 
@@ -383,7 +396,8 @@ def validate(run: Run, units: list) -> tuple[list[Optional[float]], dict[str, li
 
 
 def finish(run: Run, state: LoopState) -> dict:
-    """The last validation (unless the last step just had one), the final model, the summary (printed and returned)."""
+    """The last validation (unless the last step just had one), the final model and its card (README.md), the
+    summary (printed and returned)."""
     cfg, acc = run.cfg, run.acc
     last_eval = evaluate(run, state.step) if run.valid_units and not (
         cfg.evaluation_steps and state.step % cfg.evaluation_steps == 0) else None
@@ -391,8 +405,11 @@ def finish(run: Run, state: LoopState) -> dict:
     run.metrics.close()
     summary = {"steps": state.step, "stop_reason": state.stop_text(), "first_valid": state.first_eval,
                "last_valid": (last_eval or {}).get("task_loss") or last_valid(run.metrics.path),
-               "task_weight": mean_task_weights(run.metrics.path, run.names), "output_dir": cfg.output_dir}
+               "task_weight": mean_task_weights(run.metrics.path, run.names), "output_dir": cfg.output_dir,
+               "epochs": state.step / run.steps_per_epoch, "global_batch_size": run.batches.global_batch_size,
+               "processes": acc.num_processes}
     if acc.is_main_process:
+        write_model_card(cfg.output_dir, model_card(summary, cfg, run.data.stats, _train_command()))
         print(summary_table(summary, run.names))
     acc.wait_for_everyone()
     acc.end_training()
@@ -420,6 +437,12 @@ def _check_resume_matches(path: str, batches: TrainBatches, data_digest: str, to
         except ValueError as e:
             raise ConfigError(f"resume_from_checkpoint {path!r}: {e} (data, task sampling, seed or global batch "
                               "= micro x accumulation x processes changed since the checkpoint)") from None
+
+
+def _train_command() -> Optional[list[str]]:
+    """The command line that started this run (None when train() was called from Python, not a train command)."""
+    command = launch_command()
+    return command if any(a == "--train_config" or a.startswith("--train_config=") for a in command) else None
 
 
 def _all_reduce(acc, tensor: torch.Tensor) -> torch.Tensor:

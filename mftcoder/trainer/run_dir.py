@@ -7,6 +7,8 @@
   `overwrite_output_dir: true` (which deletes them first); a resume only accepts checkpoints written by the same
   run: the same resolved config, apart from the keys in `SAME_RUN_EXEMPT`.
 - Temporary folders of a killed run (`.tmp-checkpoint-N`, `.tmp-final`) are removed at start, under the lock.
+- Then the run's resolved config is written to `output_dir/train_config.json` (for `mftcoder report` and the model
+  card); it is not a result, so it never makes a folder count as holding an earlier run.
 - `staged_directory` writes a folder's files beside it and moves them in with `os.replace`, config files last, so a
   kill never leaves a model folder with a config but missing or truncated weights.
 """
@@ -27,6 +29,7 @@ from mftcoder.config import ConfigError, TrainConfig
 from mftcoder.trainer.checkpoint import CKPT_RE, resolve_resume
 
 LOCK_FILE = ".mftcoder.lock"
+CONFIG_FILE = "train_config.json"  # the resolved config of the run in output_dir (checkpoints hold their own copy)
 TMP_PREFIXES = (".tmp-checkpoint-", ".tmp-final")
 FINAL_TMP = ".tmp-final"
 # the files that make a folder loadable: written last, removed first
@@ -40,6 +43,7 @@ FINAL_MODEL_FILES = ("config.json", "generation_config.json", "adapter_config.js
 SAME_RUN_EXEMPT = frozenset({
     "resume_from_checkpoint", "auto_resume", "overwrite_output_dir",  # how this start is asked for
     "output_dir", "tb_dir", "cache_dir",  # where things go (the token cache is keyed by content)
+    "report_to", "tracker_project",  # where the scalars are shown: metrics.jsonl stays the record
     "checkpointing_steps", "epoch_checkpointing", "saving_limit", "log_interval", "init_timeout_seconds",  # bookkeeping
     "data_paths",  # moved data is fine: the checkpoint's data digest refuses other content
     # the sampler refuses another global batch; the same global batch split another way trains the same
@@ -122,8 +126,8 @@ def previous_run(output_dir: str) -> list[str]:
 
 
 def remove_previous_run(cfg: TrainConfig) -> list[str]:
-    """overwrite_output_dir: the earlier run's checkpoints, metrics, TensorBoard events and final model. The token
-    cache stays (keyed by content, it is valid for any run)."""
+    """overwrite_output_dir: the earlier run's checkpoints, metrics, TensorBoard events, resolved config and final
+    model (with its card). The token cache stays (keyed by content, it is valid for any run)."""
     out, removed = cfg.output_dir, []
     if not os.path.isdir(out):
         return removed
@@ -132,7 +136,7 @@ def remove_previous_run(cfg: TrainConfig) -> list[str]:
         path = os.path.abspath(e.path)
         if e.is_dir() and (CKPT_RE.match(e.name) or path in tb_dirs or e.name.startswith(TMP_PREFIXES)):
             shutil.rmtree(e.path, ignore_errors=True)
-        elif e.is_file() and (e.name == "metrics.jsonl" or any(fnmatch.fnmatch(e.name, p) for p in FINAL_MODEL_FILES)):
+        elif e.is_file() and (e.name in ("metrics.jsonl", CONFIG_FILE) or any(fnmatch.fnmatch(e.name, p) for p in FINAL_MODEL_FILES)):
             os.remove(e.path)
         else:
             continue
@@ -194,11 +198,21 @@ def prepare_output_dir(cfg: TrainConfig, main: bool) -> Optional[OutputDirLock]:
             clean_stale_temp(cfg.output_dir)
             if not resume and cfg.overwrite_output_dir:
                 remove_previous_run(cfg)
+            write_resolved_config(cfg)
     except BaseException:
         if lock is not None:
             lock.release()
         raise
     return lock
+
+
+def write_resolved_config(cfg: TrainConfig) -> str:
+    """output_dir/train_config.json: every key of this run's config, defaults included (a resume rewrites it)."""
+    path = os.path.join(cfg.output_dir, CONFIG_FILE)
+    with open(path + ".tmp", "w") as f:
+        json.dump(cfg.model_dump(mode="json"), f, indent=1)
+    os.replace(path + ".tmp", path)
+    return path
 
 
 def owns_output_dir(train_fn: Callable) -> Callable:
@@ -225,8 +239,10 @@ def owns_output_dir(train_fn: Callable) -> Callable:
 
 def _remove_if_only_lock(output_dir: str) -> None:
     try:
-        if os.listdir(output_dir) == [LOCK_FILE]:
-            os.remove(os.path.join(output_dir, LOCK_FILE))
+        names = os.listdir(output_dir)
+        if LOCK_FILE in names and set(names) <= {LOCK_FILE, CONFIG_FILE}:
+            for name in names:
+                os.remove(os.path.join(output_dir, name))
             os.rmdir(output_dir)
     except OSError:
         pass
