@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Optional
 
 from mftcoder.report.runs import Run
-from mftcoder.report.series import as_number, task_series
+from mftcoder.report.series import task_series
 
 
 @dataclass
@@ -117,4 +117,5 @@ def compare_table(runs: list[Run]) -> Table:
     rows = [[run.name] + [_fmt(v) if t in run.tasks else "not in run" for v, t in zip(vals, tasks)]
             for run, vals in zip(runs, values)]
     return Table("Final validation loss per task", ["run"] + tasks, rows, best=best,
-                 note="lowest per task in bold; - where the run never validated the task")
+                 note='lowest per task in bold; "not in run": the run did not train that task; '
+                      "-: the run has the task but never validated it")
