@@ -63,9 +63,9 @@ class Budget:
 FULL = Budget(sizes=(320, 160, 80, 40), heldout=20, steps=40, micro_batch=2, accumulation=1, seq_length=512,
               evaluation_steps=8, lora_rank=16, max_new_tokens=256, humaneval=20, humaneval_max_new_tokens=384,
               warmup_steps=3)
-QUICK = Budget(sizes=(40, 20, 10, 5), heldout=3, steps=3, micro_batch=2, accumulation=1, seq_length=512,
-               evaluation_steps=3, lora_rank=4, max_new_tokens=32, humaneval=1, humaneval_max_new_tokens=32,
-               warmup_steps=0, data_split="60,40,0", coba_warmup_steps=1)
+QUICK = Budget(sizes=(24, 12, 6, 6), heldout=3, steps=2, micro_batch=2, accumulation=1, seq_length=384,
+               evaluation_steps=2, lora_rank=4, max_new_tokens=24, humaneval=1, humaneval_max_new_tokens=24,
+               warmup_steps=0, data_split="70,30,0", coba_warmup_steps=1)
 
 
 @dataclass(frozen=True)
