@@ -31,6 +31,7 @@ from mftcoder.objectives import Objective, StepContext, make_objective
 from mftcoder.trainer import backend
 from mftcoder.trainer.batches import TrainBatches, ValidProbe, sharded_batches, to_device
 from mftcoder.trainer.checkpoint import load_checkpoint, read_loop_state, resolve_resume, save_checkpoint
+from mftcoder.trainer.flops import StepFlops, make_step_flops
 from mftcoder.trainer.interrupt import StopSignals, exits_quietly_on_ctrl_c, launch_command, stop_for_signal
 from mftcoder.trainer.run_dir import owns_output_dir, staged_directory
 from mftcoder.trainer.metrics import MetricsLog
@@ -66,6 +67,7 @@ class Run:
     probe: Optional[ValidProbe] = None
     metrics: Optional[MetricsLog] = None
     precomputed: Optional[np.ndarray] = None  # the objective's per-sample values, saved in every checkpoint
+    flops: Optional[StepFlops] = None  # each step's model FLOPs -> tflops and mfu (mftcoder/trainer/flops.py)
 
     @property
     def names(self) -> list[str]:
@@ -139,6 +141,7 @@ def setup(cfg: TrainConfig) -> tuple[Run, LoopState]:
                                  sharded=backend.is_sharded(acc), head=run.objective.model_head,
                                  pad_token_id=run.tokenizer.pad_token_id)
     run.objective.attach_model(run.model)  # e.g. MoE models: the router load-balancing loss joins the step loss
+    run.flops = make_step_flops(run.model, acc.device, acc.mixed_precision, run.objective.model_head)
     run.optimizer = make_optimizer(run.model, cfg)
     run.scheduler = make_scheduler(run.optimizer, cfg, run.total_steps)  # stepped by us once per optimizer step
     run.model, run.optimizer = backend.prepare(acc, run.model, run.optimizer)  # FSDP2 wrap class from the model
@@ -213,6 +216,7 @@ def train_step(run: Run, state: LoopState) -> dict:
     """Optimizer step `state.step` on its global batch; advances `state.step` and returns the step's metrics record."""
     start = time.perf_counter()
     micro_batches = run.batches.micro_batches(state.step)
+    step_flops = run.flops.step_flops(micro_batches) if run.flops is not None else None  # CPU tensors: no device sync
     counts = _global_counts(run.acc, [run.objective.count(b) for b in micro_batches])
     weights = run.coba.weights(state.step).double() if run.coba is not None else run.task_weights
     ctx = StepContext(counts, weights.to(run.acc.device), run.micro_batches_per_step)
@@ -235,6 +239,8 @@ def train_step(run: Run, state: LoopState) -> dict:
         record[run.objective.aux_metric] = float(totals[1 + K]) / run.micro_batches_per_step
     for m, name in enumerate(run.objective.step_metrics):  # means over the step's units (e.g. pairs)
         record[name] = float(totals[2 + K + m]) / units if units else None
+    if run.flops is not None:  # tflops of this device; mfu only against a known peak
+        record.update(run.flops.metrics(step_flops, elapsed))
     return record
 
 
