@@ -150,6 +150,10 @@ class TrainConfig(BaseModel):
         None, description='LoRA target modules; default "all-linear".')
     modules_to_save: Optional[list[str]] = Field(None, description="Extra modules trained fully and saved with the adapter.")
     gradient_checkpointing: bool = Field(False, description="Recompute activations in backward to save memory.")
+    torch_compile: bool = Field(
+        False, description="Compile each decoder layer with torch.compile (inductor): faster steps once compiled, the "
+                            "first steps slower while it compiles; needs Triton on CUDA, a C/C++ compiler on CPU "
+                            "(without them: one warning, trained uncompiled).")
 
     # --- objective ---------------------------------------------------------------------------------------------------
     objective: Literal["sft", "pretrain", "dpo", "orpo", "reward"] = Field(
@@ -186,6 +190,9 @@ class TrainConfig(BaseModel):
     task_weights: Optional[Union[list[float], dict[str, float], str]] = Field(
         None, description='Loss weight per task for case3/case4: "[w1,w2]", a list, or {task: weight}. Default equal.')
     chunked_ce: bool = Field(True, description="Cross entropy in chunks so full [batch, seq, vocab] logits never exist.")
+    fused_ce: bool = Field(True, description="With chunked_ce: compute the lm_head and cross entropy gradients inside "
+                           "the forward (one lm_head pass less than recomputing them in backward; SFT with a plain "
+                           "linear lm_head, else the recomputing path).")
     ce_chunk_size: int = Field(1024, gt=0, description="Token positions per cross-entropy chunk.")
     router_aux_loss_coef: Optional[float] = Field(
         None, ge=0, description="MoE models: weight of the router load-balancing loss; null = the model's own, 0 = off.")

@@ -156,3 +156,29 @@ def test_gradient_clipping_reaches_the_optimizer(tiny_model_dir, tasks, tmp_path
     assert first_moment == pytest.approx((1 - cfg.adam_beta1) * applied, rel=1e-5)
     if max_grad_norm:
         assert step1["grad_norm"] > 2 * max_grad_norm  # the clip was active
+
+
+def test_adamw_is_fused_for_one_process_and_ddp_only(monkeypatch):
+    """Fused AdamW (one kernel) where torch steps ordinary parameters itself; DeepSpeed and FSDP2 keep the default,
+    and the fused step equals the default one."""
+    def build(backend_env):
+        for key in ("ACCELERATE_USE_DEEPSPEED", "ACCELERATE_USE_FSDP", "WORLD_SIZE"):
+            monkeypatch.delenv(key, raising=False)
+        for key, value in backend_env.items():
+            monkeypatch.setenv(key, value)
+        torch.manual_seed(0)
+        model = torch.nn.Linear(4, 3)
+        return model, make_optimizer(model, _cfg(weight_decay=0.1))
+
+    for env, fused in (({}, True), ({"WORLD_SIZE": "2"}, True), ({"ACCELERATE_USE_DEEPSPEED": "true"}, False),
+                       ({"ACCELERATE_USE_FSDP": "true"}, False)):
+        assert bool(build(env)[1].defaults["fused"]) is fused, env
+    params = []
+    for env in ({}, {"ACCELERATE_USE_FSDP": "true"}):
+        model, opt = build(env)
+        for _ in range(3):
+            model(torch.ones(2, 4)).square().sum().backward()
+            opt.step()
+            opt.zero_grad()
+        params.append(torch.cat([p.detach().flatten() for p in model.parameters()]))
+    assert torch.allclose(params[0], params[1], atol=1e-7, rtol=1e-6)

@@ -19,6 +19,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from mftcoder.data.collator import IGNORE_INDEX
+from mftcoder.loss.fused_linear_ce import fused_head_parts, fused_linear_cross_entropy
 
 # Set on a causal LM once its lm_head output has been checked to equal the model's own logits.
 _CHECKED_ATTR = "_mftcoder_chunked_ce_checked"
@@ -126,6 +127,8 @@ def model_inputs(batch: dict[str, Any]) -> dict[str, Any]:
 class ForwardLosses(NamedTuple):
     token_loss: Tensor                              # [B, T] per-token CE, 0 where labels == -100
     router_logits: Optional[tuple[Tensor, ...]]     # MoE models, when asked for: one [B*T, experts] per layer
+    # sum_t token_weights_t * token_loss_t, differentiable, when the fused path ran (token_loss is then detached)
+    weighted_loss: Optional[Tensor] = None
 
 
 def model_token_losses(model: nn.Module, batch: dict[str, Any], chunked: bool = True, chunk_size: int = 1024) -> Tensor:
@@ -134,7 +137,7 @@ def model_token_losses(model: nn.Module, batch: dict[str, Any], chunked: bool = 
 
 
 def model_forward_losses(model: nn.Module, batch: dict[str, Any], chunked: bool = True, chunk_size: int = 1024,
-                         output_router_logits: bool = False) -> ForwardLosses:
+                         output_router_logits: bool = False, token_weights: Optional[Tensor] = None) -> ForwardLosses:
     """Per-token CE [B, T] of `batch` under `model` (an HF causal LM, possibly wrapped by PEFT / DDP / DeepSpeed),
     and the router logits of an MoE model when `output_router_logits` (see mftcoder.loss.router).
 
@@ -143,6 +146,11 @@ def model_forward_losses(model: nn.Module, batch: dict[str, Any], chunked: bool 
     hidden states are taken from the decoder's output by a forward hook and projected chunk by chunk.
     The projection runs after the model's forward returned, so under mixed precision call this inside the same
     autocast context as the model (e.g. `accelerator.autocast()`); the recomputation in backward reuses it.
+
+    `token_weights` [B, T] (chunked, with gradients): the loss's coefficient of each token (see
+    `weighting.token_coefficients`). When the lm_head is a plain linear layer, the fused lm_head + cross entropy then
+    computes `weighted_loss` = sum of weights x losses with its gradients in the forward (no recomputation), and
+    `token_loss` comes back detached; otherwise `weighted_loss` is None and `token_loss` carries the gradient.
     """
     labels = batch["labels"]
     inputs = model_inputs(batch)
@@ -180,8 +188,32 @@ def model_forward_losses(model: nn.Module, batch: dict[str, Any], chunked: bool 
     if not getattr(lm, _CHECKED_ATTR, False):
         _check_head_reproduces_logits(lm, head, hidden[:, -1:], out.logits)
         setattr(lm, _CHECKED_ATTR, True)
-    return ForwardLosses(token_losses_from_hidden(hidden, head, labels, chunk_size=chunk_size),
-                         _router_logits(out, output_router_logits))
+    router = _router_logits(out, output_router_logits)
+    if token_weights is not None and torch.is_grad_enabled():
+        fused = _fused_token_losses(hidden, head, labels, token_weights, chunk_size)
+        if fused is not None:
+            return ForwardLosses(fused[0], router, fused[1])
+    return ForwardLosses(token_losses_from_hidden(hidden, head, labels, chunk_size=chunk_size), router)
+
+
+def _fused_token_losses(hidden: Tensor, head: nn.Module, labels: Tensor, token_weights: Tensor,
+                        chunk_size: int) -> Optional[tuple[Tensor, Tensor]]:
+    """(detached per-token CE [B, T], the differentiable weighted sum) through the fused lm_head + CE, or None when
+    the head or the batch does not suit it (then the checkpointed chunked path runs)."""
+    parts = fused_head_parts(head)
+    if parts is None or token_weights.shape != labels.shape:
+        return None
+    B, T, H = hidden.shape
+    flat_labels = labels.reshape(B * T)
+    trained = (flat_labels != IGNORE_INDEX).nonzero().squeeze(1)
+    if trained.numel() == 0:
+        return None  # the plain path keeps an all-masked micro-batch connected to the graph
+    rows = hidden.reshape(B * T, H).index_select(0, trained)
+    coef = token_weights.reshape(B * T).index_select(0, trained)
+    weighted, losses = fused_linear_cross_entropy(rows, parts[0], parts[1], flat_labels.index_select(0, trained),
+                                                  coef, chunk_size)
+    out = torch.zeros(B * T, dtype=losses.dtype, device=losses.device).index_put((trained,), losses)
+    return out.view(B, T), weighted
 
 
 def _router_logits(out, wanted: bool) -> Optional[tuple[Tensor, ...]]:

@@ -183,6 +183,41 @@ def micro_batch_loss(
     return MicroLoss(loss.to(dtype), task_sum.detach().to(COUNT_DTYPE), task_sample_mean.detach().to(COUNT_DTYPE))
 
 
+def token_coefficients(
+    batch: dict[str, Any],
+    step_counts: StepCounts,
+    mode: str,
+    task_weights: Tensor | Sequence[float] | None = None,
+) -> Tensor:
+    """c [B, T] (float64, 0 where labels == -100) with sum_t c_t * l_t == micro_batch_loss(l, ...).loss for any
+    per-token losses l: every mode is linear in them. Known before the forward, so a fused lm_head + cross entropy
+    can form the loss's gradient while the logits exist (mftcoder/loss/fused_linear_ce.py)."""
+    if mode not in WEIGHTED_LOSS_MODES:
+        raise ValueError(f"unknown weighted_loss_mode {mode!r}; valid: {', '.join(WEIGHTED_LOSS_MODES)}")
+    K = step_counts.num_tasks
+    mask, sid, sample_task_ids, S = _trained_tokens(batch, K)
+    dev = mask.device
+    counts = step_counts.to(dev)
+    sample_cnt = torch.zeros(S, dtype=COUNT_DTYPE, device=dev).index_add_(
+        0, sid, torch.ones(sid.numel(), dtype=COUNT_DTYPE, device=dev)
+    )
+    token_task = sample_task_ids[sid]
+    if mode == "case1":
+        per_token = _safe_inverse(counts.total_tokens).expand(sid.numel())
+    elif mode == "case2":
+        per_token = _safe_inverse(counts.total_samples) / sample_cnt[sid]
+    else:
+        w = _check_weights(task_weights, K, dev)
+        present = counts.task_tokens > 0
+        weight_sum = (w * present).sum()
+        denom = counts.task_tokens if mode in ("case3", "coba") else counts.task_samples
+        coef = torch.where(present, w * _safe_inverse(denom) * _safe_inverse(weight_sum), torch.zeros_like(w))
+        per_token = coef[token_task] if mode in ("case3", "coba") else coef[token_task] / sample_cnt[sid]
+    out = torch.zeros(mask.shape, dtype=COUNT_DTYPE, device=dev)
+    out[mask] = per_token
+    return out
+
+
 def task_means(task_sums: Tensor, task_counts: Tensor) -> tuple[Tensor, Tensor]:
     """(per-task mean [K], present [K] bool): e.g. per-task train loss = task_loss_sum / task_tokens of the step.
     Absent tasks get NaN, so a logger cannot mistake them for a loss of 0."""

@@ -101,6 +101,10 @@ class Objective(ABC):
         no saved values must know)."""
         return True
 
+    def begin_step(self, ctx: StepContext) -> None:
+        """The whole step's counts and weights, before the forward of its first micro-batch (an objective that forms
+        its loss inside the forward, e.g. SFT's fused lm_head + cross entropy, needs them there)."""
+
     @abstractmethod
     def collate(self, rows: Sequence[Sequence[Any]], task_ids: Sequence[int], pad_id: int,
                 pad_to_multiple_of: Optional[int]) -> dict:

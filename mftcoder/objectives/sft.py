@@ -11,7 +11,7 @@ from mftcoder.config import ConfigError
 from mftcoder.data.collator import IGNORE_INDEX, collate
 from mftcoder.loss.cross_entropy import ForwardLosses, model_forward_losses, unwrap_causal_lm
 from mftcoder.loss.router import resolve_router_loss
-from mftcoder.loss.weighting import StepCounts, count_micro_batch, micro_batch_loss
+from mftcoder.loss.weighting import StepCounts, count_micro_batch, micro_batch_loss, token_coefficients
 from mftcoder.objectives.base import EvalSums, MicroOutput, Objective, StepContext
 
 log = logging.getLogger("mftcoder")
@@ -28,6 +28,7 @@ class SFTObjective(Objective):
         self.mode = cfg.weighted_loss_mode
         self.chunk_size = cfg.ce_chunk_size
         self.router = None
+        self.step_ctx: Optional[StepContext] = None  # set by begin_step (the fused cross entropy's coefficients)
 
     def attach_model(self, model) -> None:
         try:  # MoE models: the router load-balancing loss joins the step loss
@@ -45,13 +46,22 @@ class SFTObjective(Objective):
     def count(self, batch: dict) -> StepCounts:
         return count_micro_batch(batch, self.num_tasks)
 
+    def begin_step(self, ctx: StepContext) -> None:
+        self.step_ctx = ctx
+
     def forward(self, model, batch: dict, training: bool) -> ForwardLosses:
+        weights = None
+        if training and self.chunked and self.cfg.fused_ce and self.step_ctx is not None:
+            # the loss's coefficient of every token, so the fused lm_head + CE forms the gradient in the forward
+            weights = token_coefficients(batch, self.step_ctx.counts, self.mode, self.step_ctx.weights)
         return model_forward_losses(model, batch, chunked=self.chunked, chunk_size=self.chunk_size,
-                                    output_router_logits=training and self.router is not None)
+                                    output_router_logits=training and self.router is not None, token_weights=weights)
 
     def train_loss(self, fwd: ForwardLosses, batch: dict, ctx: StepContext) -> MicroOutput:
         share = micro_batch_loss(fwd.token_loss, batch, ctx.counts, self.mode, ctx.weights)
         loss, aux_loss = share.loss, None
+        if fwd.weighted_loss is not None:  # the fused path: the same value, its gradient computed in the forward
+            loss = fwd.weighted_loss.to(share.loss.dtype)
         if self.router is not None:  # the mean over the step's micro-batches of each one's router loss
             aux = self.router(fwd.router_logits, batch["sample_ids"] >= 0)
             loss = loss + self.router.coef * aux / ctx.micro_batches_per_step

@@ -220,6 +220,7 @@ def train_step(run: Run, state: LoopState) -> dict:
     counts = _global_counts(run.acc, [run.objective.count(b) for b in micro_batches])
     weights = run.coba.weights(state.step).double() if run.coba is not None else run.task_weights
     ctx = StepContext(counts, weights.to(run.acc.device), run.micro_batches_per_step)
+    run.objective.begin_step(ctx)
     local, grad_norm = _forward_backward(run, micro_batches, ctx)
     lr = run.scheduler.get_last_lr()[0]
     run.scheduler.step()

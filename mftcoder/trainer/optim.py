@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 
 from mftcoder.config import TrainConfig
+from mftcoder.trainer.backend import launched_backend
 
 
 def make_optimizer(model, cfg: TrainConfig):
@@ -21,7 +22,18 @@ def make_optimizer(model, cfg: TrainConfig):
         import bitsandbytes as bnb
 
         return bnb.optim.AdamW8bit(groups, lr=cfg.learning_rate, betas=betas)
-    return torch.optim.AdamW(groups, lr=cfg.learning_rate, betas=betas)
+    return torch.optim.AdamW(groups, lr=cfg.learning_rate, betas=betas, fused=fused_adamw_ok(groups) or None)
+
+
+def fused_adamw_ok(groups: list[dict]) -> bool:
+    """torch's fused AdamW (one kernel over all parameters; on CPU it also skips the foreach path's temporaries) for
+    ordinary floating tensors on CPU or CUDA, one process or DDP. DeepSpeed and FSDP2 step their own flat or sharded
+    parameters, so they keep the default implementation."""
+    if launched_backend() not in ("single", "ddp"):
+        return False
+    params = [p for g in groups for p in g["params"]]
+    return bool(params) and all(type(p) is torch.nn.Parameter and p.is_floating_point()
+                                and p.device.type in ("cpu", "cuda") for p in params)
 
 
 def warmup_steps(cfg: TrainConfig, total_steps: int) -> int:
