@@ -136,11 +136,29 @@ def load_model(cfg: TrainConfig, *, mixed_precision: str = "no", device: torch.d
             for p in model.parameters():
                 if p.requires_grad:
                     p.data = p.data.float()
+    _attach_fast_paths(model, cfg, attn, device)
     numel = lambda p: getattr(p, "ds_numel", p.numel())  # noqa: E731  (ZeRO-3 init leaves empty local shards)
     trainable = sum(numel(p) for p in model.parameters() if p.requires_grad)
     total = sum(numel(p) for p in model.parameters())
     log.info("trainable parameters: %s of %s (%.2f%%)", f"{trainable:,}", f"{total:,}", 100 * trainable / max(total, 1))
     return model, attn
+
+
+def _attach_fast_paths(model, cfg: TrainConfig, attn: str, device: torch.device | None) -> None:
+    """After PEFT (so LoRA layers sit inside what gets compiled): packed-row boundaries for flash attention, and
+    the opt-in per-layer torch.compile."""
+    from mftcoder.loss.cross_entropy import unwrap_causal_lm
+
+    if attn == "flash_attention_2":
+        from mftcoder.model.flash_varlen import install_varlen_hook
+
+        decoder = unwrap_causal_lm(model).get_decoder()
+        if decoder is not None:
+            install_varlen_hook(decoder)
+    if cfg.torch_compile:
+        from mftcoder.model.compile import compile_decoder_layers
+
+        compile_decoder_layers(model, (device or torch.device("cuda" if torch.cuda.is_available() else "cpu")).type)
 
 
 def decoder_layer_class_names(model) -> list[str]:
