@@ -16,12 +16,27 @@ Environment (all optional):
   MASTER_PORT=P          rendezvous port (default: the one in the accelerate config; each config has its own)
   ACCELERATE_CONFIG=F    use this accelerate yaml instead of the one under configs/accelerate/
   LOG_FILE=F             log file (default: logs/<launcher>-<date>.log); output also goes to the terminal
+  MFTCODER_NO_MALLOC_TUNING=1
+                         on CPU, keep glibc's default allocator settings (default: launchers/malloc.env)
   DRY_RUN=1              print the device, switches and command, run nothing
   PYTHON=P               python of the environment mftcoder is installed in
 TXT
 }
 
 die() { echo "error: $*" >&2; exit 2; }
+
+# cpu_allocator_env: on CPU, export glibc's allocator settings from launchers/malloc.env (each only where the caller
+# has not set it), unless MFTCODER_NO_MALLOC_TUNING=1; see benchmarks/README.md for what they buy
+cpu_allocator_env() {
+  [ "${MFTCODER_NO_MALLOC_TUNING:-0}" = 1 ] && return 0
+  local key value
+  while IFS='=' read -r key value; do
+    key=${key%%#*}; key=${key//[[:space:]]/}
+    [ -n "$key" ] || continue
+    value=${value%%#*}; value=${value//[[:space:]]/}
+    [ -n "${!key:-}" ] || export "$key=$value"
+  done < "$(dirname "${BASH_SOURCE[0]}")/malloc.env"
+}
 
 # parse_args <name> "$@": sets CFG, NPROC and EXTRA (train.py arguments after the first two)
 parse_args() {
@@ -65,6 +80,7 @@ run_launch() {
   # ACCELERATE_USE_CPU is ours to decide: on CUDA it would move training to the CPU, and it switches DeepSpeed off
   unset ACCELERATE_USE_CPU
   if [ "$DEVICE" = cpu ]; then
+    cpu_allocator_env
     case "$kind" in
       # accelerate's --cpu starts one process; gloo DDP/FSDP2 need the multi-GPU launcher with CPU tensors
       ddp) export ACCELERATE_USE_CPU=true; [[ " $* " == *" --num_processes 1 "* ]] || args+=(--multi_gpu) ;;
@@ -80,6 +96,7 @@ run_launch() {
   if [ "${DRY_RUN:-0}" = 1 ]; then  # show what would run, and with which switches
     echo "DEVICE=$DEVICE MIXED_PRECISION=$MIXED_PRECISION OMP_NUM_THREADS=$OMP_NUM_THREADS"
     echo "ACCELERATE_USE_CPU=${ACCELERATE_USE_CPU:-} DS_ACCELERATOR=${DS_ACCELERATOR:-}"
+    echo "MALLOC_MMAP_MAX_=${MALLOC_MMAP_MAX_:-} MALLOC_TRIM_THRESHOLD_=${MALLOC_TRIM_THRESHOLD_:-}"
     echo "${cmd[*]}"
     return 0
   fi

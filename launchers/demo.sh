@@ -19,6 +19,13 @@ MP=no
 if python -c "import torch,sys; sys.exit(0 if torch.cuda.is_available() else 1)" || grep -q avx512_bf16 /proc/cpuinfo 2>/dev/null; then
   MP=bf16
 fi
+# on CPU, glibc's allocator keeps freed activation memory for the next step (launchers/malloc.env;
+# MFTCODER_NO_MALLOC_TUNING=1 keeps the defaults)
+if ! python -c "import torch,sys; sys.exit(0 if torch.cuda.is_available() else 1)"; then
+  # shellcheck disable=SC1091
+  source launchers/_common.sh
+  cpu_allocator_env
+fi
 rm -rf "$OUT"; mkdir -p "$(dirname "$OUT")"
 accelerate launch --num_processes 1 --num_machines 1 --mixed_precision "$MP" --dynamo_backend no \
   mftcoder/train.py --train_config configs/demo_smollm2_lora.json \

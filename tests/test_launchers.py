@@ -27,7 +27,8 @@ SINGLE_NODE = ["ddp", "ds_zero2", "ds_zero2_offload", "ds_zero3", "ds_zero3_offl
 def sh(launcher: str, *args, env=None, timeout=60, **kw) -> subprocess.CompletedProcess:
     full_env = dict(os.environ, PYTHON=sys.executable, HF_HUB_OFFLINE="1")
     for key in ("MASTER_ADDR", "MASTER_PORT", "NNODES", "NODE_RANK", "BACKEND", "OFFLOAD", "DEVICE",
-                "MIXED_PRECISION", "ACCELERATE_CONFIG", "ACCELERATE_USE_CPU", "DS_ACCELERATOR", "OMP_NUM_THREADS"):
+                "MIXED_PRECISION", "ACCELERATE_CONFIG", "ACCELERATE_USE_CPU", "DS_ACCELERATOR", "OMP_NUM_THREADS",
+                "MALLOC_MMAP_MAX_", "MALLOC_TRIM_THRESHOLD_", "MFTCODER_NO_MALLOC_TUNING"):
         full_env.pop(key, None)
     full_env.update({k: str(v) for k, v in (env or {}).items()})
     return subprocess.run(["bash", str(REPO / "launchers" / launcher), *map(str, args)], env=full_env,
@@ -80,8 +81,8 @@ def dry(launcher, cfg_file, nproc=2, **env) -> tuple[dict, list[str]]:
     r = sh(launcher, cfg_file, nproc, "--max_train_steps", 2, env={"DRY_RUN": 1, **env})
     assert r.returncode == 0, r.stderr
     lines = r.stdout.strip().splitlines()
-    switches = dict(kv.split("=", 1) for kv in " ".join(lines[:2]).split())
-    return switches, lines[2].split()
+    switches = dict(kv.split("=", 1) for kv in " ".join(lines[:3]).split())
+    return switches, lines[3].split()
 
 
 @pytest.mark.parametrize("launcher,yaml_name,kind", [
@@ -252,3 +253,18 @@ def test_multinode_two_nodes_on_this_machine(job):
     assert "--num_machines 2 --machine_rank 1 --num_processes 2" in logs[1]
     assert "DistributedType.DEEPSPEED x2" in logs[0]
     check_two_steps(out, job["ref"])
+
+
+def test_cpu_allocator_settings_come_from_malloc_env_and_switch_off(cfg_file):
+    """On CPU the launchers export launchers/malloc.env (a value the user set wins); MFTCODER_NO_MALLOC_TUNING=1 and
+    CUDA leave glibc's defaults."""
+    wanted = dict(line.split("=", 1) for line in (REPO / "launchers" / "malloc.env").read_text().splitlines()
+                  if line.strip() and not line.startswith("#"))
+    assert set(wanted) == {"MALLOC_MMAP_MAX_", "MALLOC_TRIM_THRESHOLD_"}
+    env, _ = dry("ddp.sh", cfg_file, DEVICE="cpu")
+    assert {k: env[k] for k in wanted} == wanted
+    env, _ = dry("ddp.sh", cfg_file, DEVICE="cpu", MALLOC_MMAP_MAX_="7")
+    assert env["MALLOC_MMAP_MAX_"] == "7" and env["MALLOC_TRIM_THRESHOLD_"] == wanted["MALLOC_TRIM_THRESHOLD_"]
+    for off in ({"DEVICE": "cpu", "MFTCODER_NO_MALLOC_TUNING": "1"}, {"DEVICE": "cuda"}):
+        env, _ = dry("ddp.sh", cfg_file, **off)
+        assert env["MALLOC_MMAP_MAX_"] == "" and env["MALLOC_TRIM_THRESHOLD_"] == "", off
