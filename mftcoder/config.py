@@ -123,7 +123,7 @@ class TrainConfig(BaseModel):
         "error", description="error: stop at the first invalid line (file:line); skip: skip and count it as rejected.")
     cache_dir: Optional[str] = Field(None, description="Token cache folder; default <output_dir>/cache.")
     preprocessing_num_workers: Optional[int] = Field(
-        None, ge=1, description="Processes that tokenise in parallel; default all cores.")
+        None, ge=1, description="Processes that tokenise in parallel; default all usable cores (one for data under 4 MiB).")
     task_sampling: Literal["proportional", "uniform", "temperature", "explicit"] = Field(
         "proportional", description="How often each task is drawn: by size, equally, size^(1/T), or task_sampling_weights.")
     sampling_temperature: float = Field(2.0, gt=0, description="T for task_sampling=temperature.")

@@ -92,13 +92,16 @@ def _sample_layout(batch: dict[str, Any]) -> tuple[Tensor, Tensor]:
     return sample_ids.to(labels.device), sample_task_ids.to(labels.device).long()
 
 
-def _trained_tokens(batch: dict[str, Any], num_tasks: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """(mask [B, T] of trained tokens, their sample ids, the task of each sample, number of samples S), checked."""
+def _trained_tokens(batch: dict[str, Any], num_tasks: int, check: bool = True) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """(mask [B, T] of trained tokens, their sample ids, the task of each sample, number of samples S), checked
+    unless `check` is False (the caller checked the same batch on the CPU already: on a GPU each check waits for it)."""
     labels = batch["labels"]
     sample_ids, sample_task_ids = _sample_layout(batch)
     mask = labels != IGNORE_INDEX
     sid = sample_ids[mask].long()
     S = sample_task_ids.numel()
+    if not check:
+        return mask, sid, sample_task_ids, S
     if sid.numel() and (int(sid.min()) < 0 or int(sid.max()) >= S):
         raise ValueError(
             f"trained tokens must belong to a sample 0..{S - 1}; got sample ids {int(sid.min())}..{int(sid.max())}"
@@ -136,15 +139,18 @@ def micro_batch_loss(
     step_counts: StepCounts,
     mode: str,
     task_weights: Tensor | Sequence[float] | None = None,
+    checked: bool = False,
 ) -> MicroLoss:
     """This micro-batch's share of the step loss (see the module docstring); `task_weights` [K] for case3/case4/coba
-    (None = all ones), ignored by case1/case2. The loss keeps the dtype of `token_loss` (0 where labels == -100)."""
+    (None = all ones), ignored by case1/case2. The loss keeps the dtype of `token_loss` (0 where labels == -100).
+    `checked`: the batch's ids were checked and counted into `step_counts` on the CPU (the trainer's count), so the
+    checks that would each wait for a GPU are skipped."""
     if mode not in WEIGHTED_LOSS_MODES:
         raise ValueError(f"unknown weighted_loss_mode {mode!r}; valid: {', '.join(WEIGHTED_LOSS_MODES)}")
     K = step_counts.num_tasks
     if token_loss.shape != batch["labels"].shape:
         raise ValueError(f"token_loss {tuple(token_loss.shape)} must match labels {tuple(batch['labels'].shape)}")
-    mask, sid, sample_task_ids, S = _trained_tokens(batch, K)
+    mask, sid, sample_task_ids, S = _trained_tokens(batch, K, check=not checked)
     dev, dtype = token_loss.device, token_loss.dtype
     counts = step_counts.to(dev)
 
@@ -157,8 +163,8 @@ def micro_batch_loss(
     task_sum = torch.zeros(K, dtype=dtype, device=dev).index_add(0, sample_task_ids, sample_sum)
     task_sample_mean = torch.zeros(K, dtype=dtype, device=dev).index_add(0, sample_task_ids, sample_mean)
 
-    local = count_micro_batch(batch, K)
-    if bool(((local.task_tokens.to(dev) > 0) & (counts.task_tokens <= 0)).any()):
+    local = count_micro_batch(batch, K) if not checked else None
+    if local is not None and bool(((local.task_tokens.to(dev) > 0) & (counts.task_tokens <= 0)).any()):
         raise ValueError(
             "step_counts do not include this micro-batch (a task trained here has no token in the step counts); "
             "count every micro-batch of the step before computing losses"
@@ -188,6 +194,7 @@ def token_coefficients(
     step_counts: StepCounts,
     mode: str,
     task_weights: Tensor | Sequence[float] | None = None,
+    checked: bool = False,
 ) -> Tensor:
     """c [B, T] (float64, 0 where labels == -100) with sum_t c_t * l_t == micro_batch_loss(l, ...).loss for any
     per-token losses l: every mode is linear in them. Known before the forward, so a fused lm_head + cross entropy
@@ -195,7 +202,7 @@ def token_coefficients(
     if mode not in WEIGHTED_LOSS_MODES:
         raise ValueError(f"unknown weighted_loss_mode {mode!r}; valid: {', '.join(WEIGHTED_LOSS_MODES)}")
     K = step_counts.num_tasks
-    mask, sid, sample_task_ids, S = _trained_tokens(batch, K)
+    mask, sid, sample_task_ids, S = _trained_tokens(batch, K, check=not checked)
     dev = mask.device
     counts = step_counts.to(dev)
     sample_cnt = torch.zeros(S, dtype=COUNT_DTYPE, device=dev).index_add_(

@@ -31,13 +31,14 @@ class StepContext:
 class MicroOutput:
     """One micro-batch's result. `loss` is differentiable; the loop calls backward(loss x micro_batches_per_step) (the
     backends average over accumulation steps and processes, which that undoes). The shares of all micro-batches of
-    all processes add up to the step loss. The other fields are detached CPU values the loop sums and all-reduces."""
+    all processes add up to the step loss. The other fields are detached values, on the CPU or the model's device
+    (the loop sums them on the device and reads them once per step: no wait for a GPU per micro-batch)."""
 
     loss: Tensor                   # the share to back-propagate, auxiliary losses included
     objective_loss: Tensor         # 0-d float64: the objective's share alone (logged as the step's `loss`)
     task_loss_sum: Tensor          # [K] float64: summed per-unit losses of each task (divided by counts.task_tokens)
     aux_loss: Optional[Tensor] = None  # 0-d float64: this micro-batch's auxiliary loss (e.g. the MoE router's)
-    tokens: int = 0                # real (non-padding) tokens, for throughput
+    tokens: int | Tensor = 0       # real (non-padding) tokens, for throughput (an int or a 0-d tensor)
     metric_sums: Optional[Tensor] = None  # [M] float64: sums over this micro-batch's units of `step_metrics`
 
 

@@ -53,22 +53,24 @@ class SFTObjective(Objective):
         weights = None
         if training and self.chunked and self.cfg.fused_ce and self.step_ctx is not None:
             # the loss's coefficient of every token, so the fused lm_head + CE forms the gradient in the forward
-            weights = token_coefficients(batch, self.step_ctx.counts, self.mode, self.step_ctx.weights)
+            weights = token_coefficients(batch, self.step_ctx.counts, self.mode, self.step_ctx.weights, checked=True)
         return model_forward_losses(model, batch, chunked=self.chunked, chunk_size=self.chunk_size,
                                     output_router_logits=training and self.router is not None, token_weights=weights)
 
     def train_loss(self, fwd: ForwardLosses, batch: dict, ctx: StepContext) -> MicroOutput:
-        share = micro_batch_loss(fwd.token_loss, batch, ctx.counts, self.mode, ctx.weights)
+        # checked: the loop counted (and so checked) this micro-batch on the CPU before the step
+        share = micro_batch_loss(fwd.token_loss, batch, ctx.counts, self.mode, ctx.weights, checked=True)
         loss, aux_loss = share.loss, None
         if fwd.weighted_loss is not None:  # the fused path: the same value, its gradient computed in the forward
             loss = fwd.weighted_loss.to(share.loss.dtype)
         if self.router is not None:  # the mean over the step's micro-batches of each one's router loss
             aux = self.router(fwd.router_logits, batch["sample_ids"] >= 0)
             loss = loss + self.router.coef * aux / ctx.micro_batches_per_step
-            aux_loss = aux.detach().double().cpu()
-        return MicroOutput(loss=loss, objective_loss=share.loss.detach().double().cpu(),
-                           task_loss_sum=share.task_loss_sum.double().cpu(), aux_loss=aux_loss,
-                           tokens=int((batch["sample_ids"] >= 0).sum()))
+            aux_loss = aux.detach().double()
+        # left on the device: the loop sums the step's micro-batches there and reads them once per step
+        return MicroOutput(loss=loss, objective_loss=share.loss.detach().double(),
+                           task_loss_sum=share.task_loss_sum.double(), aux_loss=aux_loss,
+                           tokens=(batch["sample_ids"] >= 0).sum())
 
     def eval_sums(self, fwd: ForwardLosses, batch: dict) -> EvalSums:
         """Per-task summed token loss and trained-token count: validation reports the per-task token mean."""

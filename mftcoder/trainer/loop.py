@@ -249,11 +249,12 @@ def _forward_backward(run: Run, micro_batches: list[dict], ctx: StepContext) -> 
     """This process's micro-batches through the objective, backward and the optimizer step. Returns this process's
     [step loss share, K task loss sums, aux loss sum, M metric sums, tokens] (float64) and the gradient norm."""
     acc, model = run.acc, run.model
-    step_loss = torch.zeros((), dtype=torch.float64)
-    task_loss_sum = torch.zeros(run.num_tasks, dtype=torch.float64)
-    aux_loss_sum = torch.zeros((), dtype=torch.float64)
-    metric_sums = torch.zeros(len(run.objective.step_metrics), dtype=torch.float64)
-    tokens = 0
+    dev = acc.device  # the sums stay there until the step's end: reading one would wait for the GPU each time
+    step_loss = torch.zeros((), dtype=torch.float64, device=dev)
+    task_loss_sum = torch.zeros(run.num_tasks, dtype=torch.float64, device=dev)
+    aux_loss_sum = torch.zeros((), dtype=torch.float64, device=dev)
+    metric_sums = torch.zeros(len(run.objective.step_metrics), dtype=torch.float64, device=dev)
+    tokens = torch.zeros((), dtype=torch.float64, device=dev)
     grad_norm = None
     for mb in micro_batches:
         mb = to_device(mb, acc.device)
@@ -264,12 +265,12 @@ def _forward_backward(run: Run, micro_batches: list[dict], ctx: StepContext) -> 
             # accelerate/DeepSpeed divide by the accumulation steps and DDP/ZeRO/FSDP average over processes;
             # the share is already this micro-batch's exact part of the global step loss, so undo both
             acc.backward(out.loss * ctx.micro_batches_per_step)
-            step_loss += out.objective_loss
-            task_loss_sum += out.task_loss_sum
+            step_loss += out.objective_loss.to(dev)
+            task_loss_sum += out.task_loss_sum.to(dev)
             if out.aux_loss is not None:
-                aux_loss_sum += out.aux_loss
+                aux_loss_sum += out.aux_loss.to(dev)
             if out.metric_sums is not None:
-                metric_sums += out.metric_sums
+                metric_sums += out.metric_sums.to(dev)
             tokens += out.tokens
             if acc.sync_gradients:
                 grad_norm = backend.clip_and_norm(acc, model, run.cfg.max_grad_norm)
@@ -278,7 +279,7 @@ def _forward_backward(run: Run, micro_batches: list[dict], ctx: StepContext) -> 
     if grad_norm is None:
         grad_norm = backend.deepspeed_grad_norm(acc, model)
     return torch.cat([step_loss.view(1), task_loss_sum, aux_loss_sum.view(1), metric_sums,
-                      torch.tensor([float(tokens)], dtype=torch.float64)]), grad_norm
+                      tokens.view(1)]).cpu(), grad_norm
 
 
 def after_step(run: Run, state: LoopState) -> None:
