@@ -332,6 +332,14 @@ def ce_worker(variant: str, model: str, batch: int, seq: int, vocab: int, hidden
         h.grad = weight.grad = None
         if variant == "full":
             losses = token_losses_from_logits(F.linear(h, weight), labels)
+        elif variant == "fused":  # what SFT training runs: gradients formed in the forward, nothing recomputed
+            from mftcoder.loss.fused_linear_ce import fused_linear_cross_entropy
+
+            coef = torch.full((labels.numel(),), 1.0 / labels.numel(), dtype=torch.float64)
+            loss, flat = fused_linear_cross_entropy(h.reshape(-1, h.shape[-1]), weight, None, labels.reshape(-1), coef,
+                                                    chunk)
+            loss.backward()
+            return flat.view(labels.shape)
         else:
             losses = token_losses_from_hidden(h, weight, labels, chunk_size=chunk)
         (losses.sum() / labels.numel()).backward()
@@ -369,7 +377,7 @@ def bench_cross_entropy(model: str, s: dict, threads: int, workdir: str) -> dict
     shape = dict(batch=s["ce_batch"], seq=s["ce_seq"], vocab=s["ce_vocab"], hidden=s["ce_hidden"],
                  chunk=s["ce_chunk"], reps=s["ce_reps"])
     results = {}
-    for variant in ("full", "chunked"):
+    for variant in ("full", "chunked", "fused"):
         cmd = [sys.executable, os.path.abspath(__file__), "--ce-worker", variant, "--model", model,
                "--threads", str(threads), "--ce-out", out_dir, "--ce-shape", json.dumps(shape)]
         proc = subprocess.run(cmd, capture_output=True, text=True, env=os.environ.copy())
@@ -380,10 +388,13 @@ def bench_cross_entropy(model: str, s: dict, threads: int, workdir: str) -> dict
     loss_diff = float(np.abs(load("full_losses.npy") - load("chunked_losses.npy")).max())
     grad_diff = float(np.abs(load("full_grad_hidden.npy") - load("chunked_grad_hidden.npy")).max())
     grad_scale = float(np.abs(load("full_grad_hidden.npy")).max())
+    fused_loss_diff = float(np.abs(load("full_losses.npy") - load("fused_losses.npy")).max())
+    fused_grad_diff = float(np.abs(load("full_grad_hidden.npy") - load("fused_grad_hidden.npy")).max())
     return {"baseline": "full logits (token_losses_from_logits)",
             "ours": f"chunked (token_losses_from_hidden, chunk {s['ce_chunk']})",
             "weights": "SmolLM2 lm_head" if model == "smollm2" else "random (std 0.02)", **shape,
-            "full": results["full"], "chunked": results["chunked"],
+            "full": results["full"], "chunked": results["chunked"], "fused": results["fused"],
+            "fused_max_abs_loss_diff": fused_loss_diff, "fused_max_abs_grad_hidden_diff": fused_grad_diff,
             "max_abs_loss_diff": loss_diff, "max_abs_grad_hidden_diff": grad_diff, "max_abs_grad_hidden": grad_scale}
 
 
@@ -457,6 +468,14 @@ def report(results: dict) -> str:
             (f"max |grad diff| hidden (max |grad| {c['max_abs_grad_hidden']:.2g})", None,
              c["max_abs_grad_hidden_diff"], None, "~0"),
         ]))
+        u = c["fused"]  # the fused lm_head + CE that SFT training runs (mftcoder/loss/fused_linear_ce.py)
+        parts.append(table("3b. the same, fused lm_head + cross entropy (gradients in the forward) as ours", [
+            ("peak RSS increase (MiB)", f["peak_rss_increase_mib"], u["peak_rss_increase_mib"],
+             ratio(u["peak_rss_increase_mib"], f["peak_rss_increase_mib"]), "lower"),
+            ("seconds (median)", f["seconds"], u["seconds"], ratio(u["seconds"], f["seconds"]), "lower"),
+            ("max |loss diff| per token", None, c["fused_max_abs_loss_diff"], None, "~0"),
+            ("max |grad diff| hidden", None, c["fused_max_abs_grad_hidden_diff"], None, "~0"),
+        ]))
     return "\n\n".join(parts)
 
 
@@ -495,7 +514,7 @@ def parse_args(argv=None):
     ap.add_argument("--train-tokens", type=int, default=None,
                     help="non-pad tokens of the fwd+bwd throughput run (default: tiny all, smollm2 12288, quick 16384)")
     ap.add_argument("--json", metavar="PATH", help="write every number to this JSON file")
-    ap.add_argument("--ce-worker", choices=("full", "chunked"), help=argparse.SUPPRESS)
+    ap.add_argument("--ce-worker", choices=("full", "chunked", "fused"), help=argparse.SUPPRESS)
     ap.add_argument("--ce-out", help=argparse.SUPPRESS)
     ap.add_argument("--ce-shape", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)

@@ -121,7 +121,7 @@ def fmt_table(table: dict, rows: list[str], rounds: int) -> str:
         cells = [row]
         cells += [f"{r['real_tokens_per_s']:.0f}" if "error" not in r else "error" for r in rs]
         cells += [f"{x:.2f}" for x in table[row]["tokens_per_s_vs_reference"]]
-        cells += ["-"] * (len(head) - 3 - len(cells))
+        cells += ["-"] * (len(head) - 5 - len(cells))
         best = max(ok, key=lambda r: r["real_tokens_per_s"]) if ok else None
         cells += [f"{max(r['pad_fraction'] for r in ok):.3f}" if ok else "-",
                   f"{best['model_tflops']:.3g}" if best else "-",

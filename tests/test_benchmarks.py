@@ -84,7 +84,9 @@ def test_chunked_cross_entropy_equals_full(quick_run):
     assert c["vocab"] == 49152
     assert c["max_abs_loss_diff"] <= 1e-5
     assert c["max_abs_grad_hidden_diff"] <= 1e-5 * c["max_abs_grad_hidden"]
-    for variant in ("full", "chunked"):
+    assert c["fused_max_abs_loss_diff"] <= 1e-5
+    assert c["fused_max_abs_grad_hidden_diff"] <= 1e-5 * c["max_abs_grad_hidden"]
+    for variant in ("full", "chunked", "fused"):
         r = c[variant]
         # near-uniform logits over 49,152 classes: the mean loss is close to ln(V), so a real CE over V ran
         assert abs(r["loss"] - math.log(c["vocab"])) < 0.5

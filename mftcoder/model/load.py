@@ -149,16 +149,29 @@ def _attach_fast_paths(model, cfg: TrainConfig, attn: str, device: torch.device 
     the opt-in per-layer torch.compile."""
     from mftcoder.loss.cross_entropy import unwrap_causal_lm
 
-    if attn == "flash_attention_2":
+    lm = unwrap_causal_lm(model)
+    decoder = lm.get_decoder()
+    if attn == "flash_attention_2" and decoder is not None:
         from mftcoder.model.flash_varlen import install_varlen_hook
 
-        decoder = unwrap_causal_lm(model).get_decoder()
-        if decoder is not None:
-            install_varlen_hook(decoder)
+        install_varlen_hook(decoder)
+    if attn == "sdpa" and decoder is not None and not cfg.torch_compile and not _sliding_window(lm.config):
+        from mftcoder.model.packed_sdpa import use_packed_sdpa
+
+        use_packed_sdpa(lm, decoder)  # per-sample causal attention for packed rows (compile would retrace each step)
     if cfg.torch_compile:
         from mftcoder.model.compile import compile_decoder_layers
 
         compile_decoder_layers(model, (device or torch.device("cuda" if torch.cuda.is_available() else "cpu")).type)
+
+
+def _sliding_window(config) -> bool:
+    """Whether some layer attends within a sliding window (Mistral, Gemma 2/3, Qwen2 with use_sliding_window):
+    per-sample causal attention would ignore the window, so those models keep sdpa's mask."""
+    config = config.get_text_config() if hasattr(config, "get_text_config") else config
+    if "sliding_attention" in (getattr(config, "layer_types", None) or ()):
+        return True
+    return bool(getattr(config, "sliding_window", None)) and getattr(config, "use_sliding_window", True) is not False
 
 
 def decoder_layer_class_names(model) -> list[str]:
