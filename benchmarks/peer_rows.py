@@ -159,7 +159,8 @@ class Clock:
         config = AutoConfig.from_pretrained(spec["model_path"])
         self.vocab_size = config.vocab_size
         self.flops = model_flops(config)  # full fine-tuning, PaLM's model FLOPs (docs/performance.md)
-        self.peak = peak_tflops(torch.device("cuda" if torch.cuda.is_available() else "cpu"), spec["mixed_precision"])
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self.peak_tflops = peak_tflops(device, spec["mixed_precision"])
         self.batch_real: list[int] = []  # real tokens of each micro-batch, in collation order
         self.batch_flops: list[float] = []  # their model FLOPs (attention per sample)
         self.forwards = 0
@@ -183,6 +184,7 @@ class Clock:
             return  # a throwaway optimizer (e.g. a scheduler check), not the model's
         real, flops = sum(self.batch_real[:self.forwards]), sum(self.batch_flops[:self.forwards])
         self.steps.append((time.perf_counter(), time.time(), real, self.positions, flops))
+        self.peak = _peak_memory()  # while training: a final save or teardown afterwards does not count
 
     def count_batch(self, batch: dict) -> dict:
         """Records a collated micro-batch's real tokens: sample_ids >= 0 (mftcoder), the attention mask, or every
@@ -210,14 +212,27 @@ class Clock:
         (t0, wall0, real0, pos0, flops0), (t1, _, real1, pos1, flops1) = self.steps[0], self.steps[-1]
         tflops = (flops1 - flops0) / (t1 - t0) / 1e12
         cuda = torch.cuda.is_available()
-        peak = torch.cuda.max_memory_allocated() if cuda else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        peak = self.peak
         return {"row": row, "steps": len(self.steps), "timed_steps": len(self.steps) - 1, "seconds": t1 - t0,
                 "real_tokens": real1 - real0, "positions": pos1 - pos0,
                 "real_tokens_per_s": (real1 - real0) / (t1 - t0), "pad_fraction": 1 - (real1 - real0) / (pos1 - pos0),
-                "model_tflops": tflops, "mfu": tflops / self.peak if self.peak else None,
+                "model_tflops": tflops, "mfu": tflops / self.peak_tflops if self.peak_tflops else None,
                 "peak_memory_bytes": int(peak), "peak_memory_kind": "cuda max allocated" if cuda else "RSS",
                 "first_step_at": wall0,
                 "step_seconds": [b[0] - a[0] for a, b in zip(self.steps, self.steps[1:])]}
+
+
+def _peak_memory() -> int:
+    """Peak memory so far: max allocated on CUDA, else the process's peak RSS (VmHWM)."""
+    import torch
+
+    if torch.cuda.is_available():
+        return int(torch.cuda.max_memory_allocated())
+    try:
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM:"))
+    except (OSError, StopIteration):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 # --- the rows -----------------------------------------------------------------------------------------------------------
