@@ -140,8 +140,24 @@ def _head(path: str) -> str:
         return ""
 
 
+_EXEC_RETRIES = 3  # setpriv's exec refused with EAGAIN: nobody's shared task budget is momentarily spent
+
+
 def _run_step(workdir: str, outdir: str, step: _Step, limits: SandboxLimits, nproc: int | None):
-    """(status or None, error, exit code, stdout tail, stderr tail) of one command in the sandbox."""
+    """(status or None, error, exit code, stdout tail, stderr tail) of one command in the sandbox.
+
+    RLIMIT_NPROC counts every task of the user `nobody`, so a fork-happy program running beside this one (until the
+    watchdog kills it) can make this program's exec fail with EAGAIN before it ran at all; that is retried, so one
+    sample's fork bomb never fails another sample."""
+    for attempt in range(_EXEC_RETRIES + 1):
+        result = _run_step_once(workdir, outdir, step, limits, nproc)
+        if not (result[2] == 126 and "Resource temporarily unavailable" in result[4]) or attempt == _EXEC_RETRIES:
+            return result
+        time.sleep(0.5 * (attempt + 1))
+    return result
+
+
+def _run_step_once(workdir: str, outdir: str, step: _Step, limits: SandboxLimits, nproc: int | None):
     out_path, err_path = os.path.join(outdir, "stdout"), os.path.join(outdir, "stderr")
     with open(out_path, "wb") as out, open(err_path, "wb") as err:
         proc = subprocess.Popen(_limits_argv(step, limits, nproc) + _sandbox_argv(workdir, step),
