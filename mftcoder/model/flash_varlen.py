@@ -33,14 +33,23 @@ def varlen_kwargs(position_ids: torch.Tensor) -> dict | None:
     return dict(cu_seq_lens_q=cu, cu_seq_lens_k=cu, max_length_q=longest, max_length_k=longest)
 
 
-def _add_varlen_kwargs(_module: nn.Module, args: tuple, kwargs: dict):
+def packed_position_ids(kwargs: dict) -> torch.Tensor | None:
+    """The [B, T] position ids of a decoder forward whose rows may hold packed samples, or None: padded batches (an
+    attention mask), generation with a cache, and position ids broadcast over the batch are left as they are."""
     position_ids = kwargs.get("position_ids")
     if (position_ids is None or position_ids.dim() != 2 or kwargs.get("attention_mask") is not None
-            or kwargs.get("past_key_values") is not None or any(k in kwargs for k in VARLEN_KEYS)):
-        return None  # padded batches, generation with a cache, or boundaries given by the caller: left as they are
+            or kwargs.get("past_key_values") is not None):
+        return None
     rows = kwargs.get("input_ids") if kwargs.get("input_ids") is not None else kwargs.get("inputs_embeds")
     if rows is not None and rows.shape[0] != position_ids.shape[0]:
-        return None  # position ids broadcast over the batch: one layout for all rows, nothing packed per row
+        return None
+    return position_ids
+
+
+def _add_varlen_kwargs(_module: nn.Module, args: tuple, kwargs: dict):
+    position_ids = packed_position_ids(kwargs)
+    if position_ids is None or any(k in kwargs for k in VARLEN_KEYS):  # boundaries given by the caller: kept
+        return None
     extra = varlen_kwargs(position_ids)
     if extra is None:
         return None

@@ -15,9 +15,10 @@ hands them to every layer; anything else (a mask, a KV cache, rows without packe
 """
 from __future__ import annotations
 
+import torch
 from torch import Tensor, nn
 
-from mftcoder.model.flash_varlen import varlen_kwargs
+from mftcoder.model.flash_varlen import packed_position_ids, varlen_kwargs
 
 NAME = "mftcoder_packed_sdpa"
 SEGMENTS_KEY = "packed_segments"  # (start, end) of each sample over the flattened [B*T] batch, python ints
@@ -39,18 +40,12 @@ def packed_sdpa_attention(module: nn.Module, query: Tensor, key: Tensor, value: 
         out, _ = sdpa_attention_forward(module, query[row:row + 1, :, begin:stop], key[row:row + 1, :, begin:stop],
                                         value[row:row + 1, :, begin:stop], None, is_causal=True, **kwargs)
         pieces.append(out)
-    import torch
-
     return torch.cat(pieces, dim=1).view(B, T, *pieces[0].shape[2:]), None
 
 
 def _add_segments(_module: nn.Module, args: tuple, kwargs: dict):
-    position_ids = kwargs.get("position_ids")
-    if (position_ids is None or position_ids.dim() != 2 or kwargs.get("attention_mask") is not None
-            or kwargs.get("past_key_values") is not None or kwargs.get("use_cache")):
-        return None
-    rows = kwargs.get("input_ids") if kwargs.get("input_ids") is not None else kwargs.get("inputs_embeds")
-    if rows is not None and rows.shape[0] != position_ids.shape[0]:
+    position_ids = packed_position_ids(kwargs)
+    if position_ids is None or kwargs.get("use_cache"):
         return None
     bounds = varlen_kwargs(position_ids)
     if bounds is None:
